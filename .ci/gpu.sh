@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the project's `device` tool; not part of CI).
+# Usage: bash .ci/gpu.sh STEP...   with steps: env tests bench-kan notebooks
+# The machine has torch/triton but no Jupyter stack: wheels for it travel in .whl/.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_MININTERVAL=5
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD
+status=0
+for step in "$@"; do
+    echo "=== $step"
+    case $step in
+        env) nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+             python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" ;;
+        tests) python3 -m pytest tests -q -x -p no:cacheprovider --ignore=tests/test_book_harness.py 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+        bench-kan) python3 -m labkit.bench kan 2>&1 | tee "$OUT/bench_kan.log" | tail -60
+                   cp bench/results/*/kan.json "$OUT/" ;;
+        notebooks) python3 -m labkit.book execute --profile full 2>&1 | tee "$OUT/notebooks.log" | tail -20
+                   cp notebooks/*.ipynb "$OUT/" ;;
+        *) python3 -m "$step" 2>&1 | tee -a "$OUT/steps.log" | tail -40 ;;
+    esac
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+done
+exit $status

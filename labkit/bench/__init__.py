@@ -1,0 +1,15 @@
+"""Benchmarks are programs, not tests: ``python -m labkit.bench <suite>`` writes JSON.
+
+A suite is a function ``run(device, quick) -> (config, rows)``; each row is one measured
+case (a dict with at least ``name``, ``median_ms`` and ``peak_mib``). Chapters register
+their suites in :data:`SUITES` by module path, imported only when asked for.
+"""
+from labkit.bench.harness import environment, format_table, load_results, peak_memory_mib, time_fn, write_results
+
+# suite name -> "module:function"
+SUITES = {
+    "smoke": "labkit.bench.smoke:run",
+    "kan": "labkit.kan.bench:run",
+}
+
+__all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "write_results"]

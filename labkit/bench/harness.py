@@ -1,0 +1,150 @@
+"""Timing and memory measurement shared by every benchmark suite.
+
+GPU timings use CUDA events around each repeat, after warm-up (compilation, autotuning
+and allocator growth stay out of the numbers); the median and the 20th/80th percentiles
+of the repeats are reported. On CPU the same loop runs with ``time.perf_counter``.
+Peak memory is the CUDA allocator's peak during one call minus what was allocated
+before it: the *extra* memory the operation needs (activations saved for backward,
+workspaces, outputs). It is ``None`` on CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device | str, warmup: int = 5, repeats: int = 30) -> dict:
+    """Median and spread (ms) of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [min(times)] * 4
+    return {
+        "median_ms": statistics.median(times),
+        "p20_ms": q[0],
+        "p80_ms": q[-1],
+        "min_ms": min(times),
+        "repeats": repeats,
+    }
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device | str) -> float | None:
+    """Extra CUDA memory (MiB) that one call of ``fn`` needs at its peak; None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    fn()  # warm: autotuning and caches must not count
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def environment(device: torch.device | str) -> dict:
+    """Device, versions and commit: enough to tell two result files apart."""
+    device = torch.device(device)
+    env = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception:
+        env["triton"] = None
+    env["triton_interpret"] = os.environ.get("TRITON_INTERPRET") == "1"
+    try:
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except Exception:
+        env["git_commit"] = None
+    return env
+
+
+def device_slug(env: dict) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``; CPU results go under ``cpu``."""
+    if env["device_type"] != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
+
+
+def write_results(suite: str, rows: list[dict], env: dict, config: dict, out_dir: Path | None = None) -> Path:
+    """Write ``{suite, environment, config, results}`` as JSON under ``bench/results/<device>/<suite>.json``."""
+    out_dir = Path(out_dir or RESULTS_DIR) / device_slug(env)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{suite}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"suite": suite, "environment": env, "config": config, "results": rows}, indent=2))
+    tmp.replace(path)  # atomic: an interrupted run never leaves a truncated file
+    return path
+
+
+def load_results(suite: str, device: str | None = None, results_dir: Path | None = None) -> dict:
+    """Read a committed result file; ``device`` is the folder name (default: the only/first GPU one)."""
+    base = Path(results_dir or RESULTS_DIR)
+    if device is None:
+        candidates = sorted(p.parent.name for p in base.glob(f"*/{suite}.json"))
+        gpu = [c for c in candidates if c != "cpu"]
+        if not candidates:
+            raise FileNotFoundError(f"no results for suite {suite!r} under {base}; run: python -m labkit.bench {suite}")
+        device = (gpu or candidates)[0]
+    path = base / device / f"{suite}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run: python -m labkit.bench {suite} on that device")
+    return json.loads(path.read_text())
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """Plain-text table of ``rows`` (dicts); floats get 3 significant decimals, missing cells stay empty."""
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) if j else v.ljust(w) for j, (v, w) in enumerate(zip(line, widths)))
+                     for line in table)

@@ -1,0 +1,202 @@
+"""Book tooling: the jupytext/.ipynb pairs, notebook execution, and the reader the book build uses.
+
+Every chapter is a jupytext ``py:percent`` file ``notebooks/NN_name.py`` (the source people edit
+and review) paired with ``notebooks/NN_name.ipynb`` (the same cells plus the outputs of a
+full-profile run on a GPU; Colab opens this one).
+
+Command line::
+
+    python -m labkit.book execute [--profile full] [NOTEBOOK.py ...]   # run, write the .ipynb pairs
+    python -m labkit.book check                                         # pairs in sync and executed?
+
+The book build reads the ``.py`` through :func:`read_notebook` (``nb_custom_formats`` in
+``_config.yml``). When the paired ``.ipynb`` holds exactly the same cells and a complete run,
+its outputs are shown and execution is switched off for that page; otherwise the page is
+executed during the build in the current profile, and any error fails the build.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PY_FMT = "py:percent"
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def _cell_key(cell) -> tuple:
+    """What must agree between the two files of a pair: type, source and tags of each cell."""
+    tags = tuple(cell.get("metadata", {}).get("tags", ()))
+    return (cell["cell_type"], cell["source"].strip(), tags)
+
+
+def same_cells(nb_a, nb_b) -> bool:
+    return [_cell_key(c) for c in nb_a.cells] == [_cell_key(c) for c in nb_b.cells]
+
+
+def run_problems(nb) -> list[str]:
+    """Why the stored outputs of ``nb`` are not a complete, clean full-profile run ([] if they are)."""
+    problems = []
+    meta = nb.metadata.get("labkit", {})
+    if meta.get("profile") != "full":
+        problems.append(f"executed in profile {meta.get('profile')!r}, not 'full'")
+    for i, cell in enumerate(nb.cells):
+        if cell["cell_type"] != "code":
+            continue
+        if cell.get("execution_count") is None:
+            problems.append(f"cell {i} was not executed")
+        if any(out.get("output_type") == "error" for out in cell.get("outputs", ())):
+            problems.append(f"cell {i} stored an error")
+    return problems
+
+
+def paired_ipynb(py_path: Path) -> Path:
+    return Path(py_path).with_suffix(".ipynb")
+
+
+def check_pairs(notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
+    """Every ``.py`` notebook has an ``.ipynb`` with the same cells and a complete full-profile run."""
+    import jupytext
+    import nbformat
+
+    problems = []
+    sources = sorted(notebook_dir.glob("*.py"))
+    if not sources:
+        problems.append(f"no notebooks found in {notebook_dir}")
+    for py in sources:
+        ipynb = paired_ipynb(py)
+        if not ipynb.exists():
+            problems.append(f"{py.name}: paired {ipynb.name} is missing (run: python -m labkit.book execute {py})")
+            continue
+        src, stored = jupytext.read(py, fmt=PY_FMT), nbformat.read(ipynb, as_version=4)
+        if not same_cells(src, stored):
+            problems.append(f"{py.name}: cells differ from {ipynb.name} (re-execute it, or jupytext --sync)")
+        problems += [f"{ipynb.name}: {p}" for p in run_problems(stored)]
+    for ipynb in sorted(notebook_dir.glob("*.ipynb")):
+        if not ipynb.with_suffix(".py").exists():
+            problems.append(f"{ipynb.name} has no .py source")
+    return problems
+
+
+# ----------------------------------------------------------------------------- book reader
+
+
+def _candidate_pairs() -> list[Path]:
+    """Where a page's paired .ipynb may sit: notebooks/ under the build's cwd and under the repo."""
+    dirs = {Path.cwd() / "notebooks", NOTEBOOK_DIR}
+    return sorted(p for d in dirs if d.is_dir() for p in d.glob("*.ipynb"))
+
+
+def read_notebook(text: str):
+    """MyST-NB reader for ``.py`` notebooks (see the module docstring).
+
+    MyST-NB hands a custom reader only the file's text, so the pair is found by content:
+    an ``.ipynb`` whose cells equal this file's cells and which holds a complete run.
+    """
+    import jupytext
+    import nbformat
+
+    nb = jupytext.reads(text, fmt=PY_FMT)
+    for candidate in _candidate_pairs():
+        stored = nbformat.read(candidate, as_version=4)
+        if same_cells(nb, stored) and not run_problems(stored):
+            stored.metadata.setdefault("mystnb", {})["execution_mode"] = "off"
+            return stored
+    return nb
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def execute(py_path: Path, profile: str, timeout: int = 1200, kernel: str = "python3") -> Path:
+    """Execute one ``.py`` notebook in ``profile`` and write its paired ``.ipynb`` with the outputs."""
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    import labkit
+
+    py_path = Path(py_path).resolve()
+    nb = jupytext.read(py_path, fmt=PY_FMT)
+    os.environ["LABKIT_PROFILE"] = profile  # the kernel inherits the environment
+    start = time.perf_counter()
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(py_path.parent)}}
+    )
+    client.execute()
+    seconds = time.perf_counter() - start
+    nb.metadata["labkit"] = {"profile": profile, "version": labkit.__version__, "seconds": round(seconds, 1),
+                             "device": _device_name()}
+    nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
+    out = paired_ipynb(py_path)
+    tmp = out.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(out)  # atomic: an interrupted run never leaves a half-written pair
+    print(f"{py_path.name}: {seconds:.1f} s in profile {profile!r} -> {out.name}")
+    return out
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit.book", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("execute", help="execute notebooks and refresh their .ipynb pairs")
+    ex.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.py")
+    ex.add_argument("--profile", default=None, help="quick | full | paper (default: full with CUDA, else quick)")
+    ex.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    sub.add_parser("check", help="check that every pair is in sync and holds a full-profile run")
+    args = parser.parse_args(argv)
+
+    if args.command == "check":
+        problems = check_pairs()
+        for p in problems:
+            print("FAIL", p)
+        print("pairs ok" if not problems else f"{len(problems)} problem(s)")
+        return 1 if problems else 0
+
+    from labkit.profile import profile
+
+    name = profile(args.profile).name
+    for nb in args.notebooks or sorted(NOTEBOOK_DIR.glob("*.py")):
+        execute(nb, name, timeout=args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- sphinx extension
+
+
+def _drop_duplicate_scripts(app, pagename, templatename, context, doctree):
+    """Keep the first of any two identical ``<script>`` entries of a page.
+
+    Sphinx 7.4 registers an inline script added with ``app.add_js_file(None, body=...)``
+    twice (once with filename None, once with ''); sphinx-thebe's ``THEBE_JS_URL`` is one,
+    and its second copy fails in the browser ("Identifier has already been declared").
+    """
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        key = (script.filename or "", tuple(sorted(script.attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"] = unique
+
+
+def setup(app):
+    """Sphinx entry point (``sphinx.extra_extensions: [labkit.book]`` in ``_config.yml``)."""
+    app.connect("html-page-context", _drop_duplicate_scripts, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

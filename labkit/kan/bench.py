@@ -1,0 +1,175 @@
+"""The ``kan`` benchmark suite: ``python -m labkit.bench kan``.
+
+Forward + backward of one layer (gradients for the input and every weight), side by side
+in one run, at the issue's reference shape (4096 rows x 768 -> 3072, G=5, k=3, degree 3)
+in fp32 and in bf16 autocast:
+
+* ``Linear+GELU`` of the same shape: the yardstick every ratio is taken against;
+* the seed's formulations (efficient-kan B-spline; ChebyKAN with ``acos``), eager and
+  under ``torch.compile``;
+* labkit's Triton kernels;
+* the public peers ``pykan`` and ``inkan`` where they are installed and fit in memory.
+
+Then sweeps of batch, width, grid size and degree for the Triton kernels against
+``Linear+GELU`` (bf16), which the chapter plots.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from labkit.bench.harness import peak_memory_mib, time_fn
+from labkit.kan import ops, reference
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def uniform_grid(in_features: int, grid_size: int, spline_order: int, device, lo=-1.0, hi=1.0) -> torch.Tensor:
+    h = (hi - lo) / grid_size
+    knots = torch.arange(-spline_order, grid_size + spline_order + 1, device=device, dtype=torch.float32) * h + lo
+    return knots.expand(in_features, -1).contiguous()
+
+
+def _param(*shape, device, scale=1.0) -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.randn(*shape, device=device) * scale)
+
+
+def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, spline_order=3, degree=3):
+    """Return ``(forward, params)``: a callable x -> y and the tensors that receive gradients."""
+    if impl == "linear_gelu":
+        lin = torch.nn.Linear(d_in, d_out, device=device)
+        return (lambda x: F.gelu(lin(x))), list(lin.parameters())
+    if impl.startswith("bspline"):
+        n_basis = grid_size + spline_order
+        grid = uniform_grid(d_in, grid_size, spline_order, device)
+        wb = _param(d_out, d_in, device=device, scale=1 / math.sqrt(d_in))
+        ws = _param(d_out, d_in, n_basis, device=device, scale=0.1 / math.sqrt(d_in))
+        sc = _param(d_out, d_in, device=device, scale=1.0)
+        params = [wb, ws, sc]
+        if impl == "bspline_labkit":
+            return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton")), params
+        ref = lambda x: reference.bspline_kan_reference(x, grid, wb, ws, sc, spline_order)  # noqa: E731
+        if impl == "bspline_seed":
+            return ref, params
+        if impl == "bspline_seed_compiled":
+            return torch.compile(ref), params
+    if impl.startswith("cheby"):
+        coeffs = _param(d_in, d_out, degree + 1, device=device, scale=1 / (d_in * (degree + 1)))
+        if impl == "cheby_labkit":
+            return (lambda x: ops.chebykan(x, coeffs, backend="triton")), [coeffs]
+        if impl == "cheby_seed":
+            return (lambda x: reference.chebykan_seed_formulation(x, coeffs)), [coeffs]
+        if impl == "cheby_recurrence":
+            return (lambda x: reference.chebykan_reference(x, coeffs)), [coeffs]
+        if impl == "cheby_seed_compiled":
+            return torch.compile(lambda x: reference.chebykan_seed_formulation(x, coeffs)), [coeffs]
+    if impl == "pykan":
+        from kan.KANLayer import KANLayer as PyKANLayer
+
+        layer = PyKANLayer(in_dim=d_in, out_dim=d_out, num=grid_size, k=spline_order, device=device)
+        return (lambda x: layer(x)[0]), [p for p in layer.parameters() if p.requires_grad]
+    if impl in ("inkan", "inkan_eager"):
+        from inkan import KANLayer as InKANLayer
+
+        layer = InKANLayer(d_in, d_out, grid_size=grid_size, spline_order=spline_order,
+                           compile_basis=impl == "inkan").to(device)
+        return layer, list(layer.parameters())
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def measure(impl: str, dtype: str, rows: int, d_in: int, d_out: int, device, repeats: int, **shape) -> dict:
+    """Time and peak memory of forward+backward; errors (OOM, missing package) become a status."""
+    row = {"impl": impl, "dtype": dtype, "rows": rows, "in": d_in, "out": d_out, **shape}
+    try:
+        forward, params = make_case(impl, rows, d_in, d_out, device, **shape)
+        x = (torch.rand(rows, d_in, device=device) * 2 - 1).requires_grad_()  # inside the grid [-1, 1]
+        dy = torch.randn(rows, d_out, device=device, dtype=DTYPES[dtype])
+
+        def step():
+            for t in [x, *params]:
+                t.grad = None  # gradients are allocated inside every step, for every implementation
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                y = forward(x)
+            y.backward(dy.to(y.dtype))
+
+        row.update(time_fn(step, device, warmup=3, repeats=repeats))
+        row["peak_mib"] = peak_memory_mib(step, device)
+        row["status"] = "ok"
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "out of memory"
+    except ImportError as exc:
+        row["status"] = f"not installed ({exc.name})"
+    except Exception as exc:  # a peer that fails at this shape is a result, not a crash of the suite
+        row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def _with_ratios(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    """Add time and memory ratios against the Linear+GELU row of the same shape and dtype."""
+    base = {key(r): r for r in rows if r["impl"] == "linear_gelu" and r["status"] == "ok"}
+    for r in rows:
+        b = base.get(key(r))
+        if b is not None and r["status"] == "ok":
+            r["time_vs_linear"] = r["median_ms"] / b["median_ms"]
+            if r.get("peak_mib") and b.get("peak_mib"):
+                r["mem_vs_linear"] = r["peak_mib"] / b["peak_mib"]
+    return rows
+
+
+HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_seed", "bspline_seed_compiled", "pykan", "inkan",
+                  "inkan_eager", "cheby_labkit", "cheby_seed", "cheby_recurrence", "cheby_seed_compiled")
+
+
+def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
+    rows, d_in, d_out = (64, 32, 48) if quick else (4096, 768, 3072)
+    repeats = 5 if quick else 30
+    config = {"rows": rows, "in": d_in, "out": d_out, "grid_size": 5, "spline_order": 3, "degree": 3,
+              "measured": "forward + backward (grads of input and all weights)"}
+    impls = HEADLINE_IMPLS if device.type == "cuda" else ("linear_gelu", "bspline_seed", "cheby_seed", "cheby_recurrence")
+    results = []
+    jobs = [(impl, dt) for dt in DTYPES for impl in impls]
+    for impl, dt in tqdm(jobs, desc="kan headline"):
+        shape = {"grid_size": 5, "spline_order": 3} if impl.startswith(("bspline", "pykan", "inkan")) else {}
+        if impl.startswith("cheby"):
+            shape = {"degree": 3}
+        results.append({"sweep": "headline", **measure(impl, dt, rows, d_in, d_out, device, repeats, **shape)})
+
+    if device.type == "cuda" and not quick:
+        results += sweeps(device)
+    return config, _with_ratios(results, lambda r: (r["sweep"], r["dtype"], r["rows"], r["in"], r["out"]))
+
+
+def sweeps(device: torch.device, dtype: str = "bf16", repeats: int = 20) -> list[dict]:
+    """Vary one size at a time around the headline shape; each point also times Linear+GELU."""
+    points = []
+    for b in (1024, 4096, 16384):
+        points.append(("batch", b, 768, 3072, {}))
+    for w in (256, 512, 1024):
+        points.append(("width", 4096, w, 4 * w, {}))
+    for g in (3, 10, 20):
+        points.append(("grid_size", 4096, 768, 3072, {"grid_size": g}))
+    for d in (1, 5, 8):
+        points.append(("degree", 4096, 768, 3072, {"degree": d}))
+    out = []
+    for name, b, d_in, d_out, extra in tqdm(points, desc="kan sweeps"):
+        impls = ["linear_gelu"]
+        if name != "degree":
+            impls += ["bspline_labkit", "bspline_seed"]
+        if name != "grid_size":
+            impls += ["cheby_labkit", "cheby_seed"]
+        for impl in impls:
+            shape = {}
+            if impl.startswith("bspline"):
+                shape = {"grid_size": extra.get("grid_size", 5), "spline_order": 3}
+            elif impl.startswith("cheby"):
+                shape = {"degree": extra.get("degree", 3)}
+            out.append({"sweep": name, **measure(impl, dtype, b, d_in, d_out, device, repeats, **shape)})
+    # Sweep points of the same size are told apart by their grid size / degree too.
+    return out

@@ -1,0 +1,80 @@
+"""Functional entry points of the KAN layers: pick the Triton kernel or the PyTorch reference.
+
+Both functions take ``x`` of any leading shape ``(..., in)``. Under autocast the
+operands are cast to the autocast dtype here, once, so that the kernels only ever see
+one dtype; the kernels accumulate in fp32 either way.
+"""
+from __future__ import annotations
+
+import torch
+
+from labkit.backend import resolve_backend
+from labkit.kan import reference
+
+
+# The kernels compute in fp32/fp16/bf16; float64 (used for high-accuracy function
+# fitting, where fp32 bottoms out near 1e-6 RMSE) always takes the PyTorch path.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _backend(backend: str, x: torch.Tensor, *tensors: torch.Tensor) -> str:
+    if backend == "auto" and x.dtype not in KERNEL_DTYPES:
+        return "torch"
+    return resolve_backend(backend, x, *tensors)
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    device_type = x.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    lead = x.shape[:-1]
+    return x.reshape(-1, x.shape[-1]), lead
+
+
+def chebykan(x: torch.Tensor, coeffs: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Chebyshev-KAN layer: ``sum_{i,d} T_d(tanh x_i) coeffs[i, o, d]``."""
+    if _backend(backend, x, coeffs) == "torch":
+        return reference.chebykan_reference(x, coeffs)
+    from labkit.kan.triton_chebyshev import chebykan_triton
+
+    dtype = _autocast_dtype(x)
+    x2d, lead = _flatten(x)
+    if dtype is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            y = chebykan_triton(x2d.to(dtype), coeffs.to(dtype))
+    else:
+        y = chebykan_triton(x2d, coeffs)
+    return y.reshape(*lead, y.shape[-1])
+
+
+def bspline_kan(
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    base_weight: torch.Tensor,
+    spline_weight: torch.Tensor,
+    spline_scaler: torch.Tensor | None,
+    spline_order: int,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """B-spline KAN layer with a SiLU base branch (efficient-kan semantics)."""
+    tensors = [grid, base_weight, spline_weight] + ([spline_scaler] if spline_scaler is not None else [])
+    if _backend(backend, x, *tensors) == "torch":
+        return reference.bspline_kan_reference(x, grid, base_weight, spline_weight, spline_scaler, spline_order)
+    from labkit.kan.triton_bspline import bspline_kan_triton
+
+    dtype = _autocast_dtype(x)
+    x2d, lead = _flatten(x)
+    if dtype is not None:
+        cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+        with torch.autocast(x.device.type, enabled=False):
+            # The knots stay fp32: bf16 knots would move the grid by up to 0.4%.
+            y = bspline_kan_triton(
+                x2d.to(dtype), grid, cast(base_weight), cast(spline_weight), cast(spline_scaler), spline_order
+            )
+    else:
+        y = bspline_kan_triton(x2d, grid, base_weight, spline_weight, spline_scaler, spline_order)
+    return y.reshape(*lead, y.shape[-1])

@@ -1,0 +1,682 @@
+"""Fused Triton kernels for the Chebyshev-KAN layer, forward and backward.
+
+The layer (see :func:`labkit.kan.reference.chebykan_reference`) is
+
+    y[m, o] = sum_{i, d} T_d(tanh x[m, i]) * coeffs[i, o, d],    d = 0..D.
+
+Read with the degree as part of the reduction index, this is one GEMM with
+``K = in * (D + 1)`` whose left operand, the Chebyshev features ``T_d(tanh x)``, is
+cheap to compute from ``x``. The kernels below never store that operand: each tile of
+features is generated in registers, fed to ``tl.dot`` and dropped. Memory stays that of
+a plain linear layer (autograd keeps only ``x`` and ``coeffs``), and the work is that of a
+GEMM on tensor cores.
+
+Two identities shape the code:
+
+* ``T_0 = 1``, so degree 0 contributes ``bias[o] = sum_i coeffs[i, o, 0]`` to every row,
+  and its weight gradient is ``sum_m dy[m, o]`` for every ``i``. Both are computed with
+  one cheap reduction instead of a GEMM, which removes 1/(D+1) of the GEMM work
+  (a quarter at degree 3). The kernels only handle degrees ``1..D``.
+* ``d T_d / dt = d * U_{d-1}(t)`` (Chebyshev polynomials of the second kind, again a
+  three-term recurrence), and ``d tanh(x) / dx = 1 - tanh(x)^2``. Both are bounded on
+  ``[-1, 1]``, so the gradient is finite for every finite ``x``, even when ``tanh``
+  rounds to exactly +-1 (the ``acos`` form of the layer has an infinite derivative there).
+
+Kernels (``BLOCK_*`` sizes are autotuned on CUDA; M is the number of rows):
+
+* forward: one program per (BLOCK_M, BLOCK_N) tile of ``y``, looping over the inputs
+  BLOCK_K at a time; one fp32 accumulator, one ``tl.dot`` per degree.
+* backward dx: one program per (BLOCK_M, BLOCK_K) tile of ``dx``, looping over the outputs
+  BLOCK_N at a time; D accumulators ``dy @ W_d^T``, mixed in the epilogue with the
+  per-element derivative weights ``d U_{d-1}(t) (1 - t^2)``.
+* backward dcoeffs: one program per (BLOCK_K, BLOCK_N) tile of ``coeffs[:, :, 1:]``,
+  looping over the rows BLOCK_M at a time; D accumulators ``T_d(t)^T @ dy``, one per degree.
+
+No kernel uses atomics: every output element is owned by exactly one program.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+from labkit.backend import interpret_mode
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_DEGREE = 32  # the kernels unroll over degrees; beyond this, compile time and registers explode
+FP32_INPUT_PRECISIONS = ("ieee", "tf32", "tf32x3")
+_MAX_INT32_ELEMENTS = 2**31 - 1  # kernels index with int32
+# On CUDA, benchmark every config that fits and keep the fastest (per shape, degree and
+# dtype). LABKIT_AUTOTUNE=0 takes the first config that fits instead: less compiling.
+AUTOTUNE = os.environ.get("LABKIT_AUTOTUNE", "1") != "0"
+
+_LOG2_E = tl.constexpr(1.4426950408889634)
+# The interpreter runs tl.dot as a NumPy matmul, and NumPy has no bfloat16: it would
+# multiply the raw bits. Under the interpreter we upcast the operands to fp32 first,
+# which gives the same products (a 16-bit x 16-bit product is exact in fp32).
+_UPCAST_DOT_OPERANDS = tl.constexpr(interpret_mode())
+
+
+def _fix_interpreter_scalar_index() -> None:
+    """Work around triton-lang/triton#9171 (Triton 3.6 interpreter with NumPy >= 2.4).
+
+    The interpreter holds a scalar as a NumPy array of shape (1,) and converts it with
+    ``int(array)``, which NumPy 2.4 turned into a TypeError; every ``range(0, n, BLOCK)``
+    over a runtime ``n`` then fails. We re-register ``__index__`` with an explicit element
+    read. Only used under ``TRITON_INTERPRET=1``; harmless once Triton ships the fix.
+    """
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "labkit_fixed", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch_lang_tensor.labkit_fixed = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if interpret_mode():
+    _fix_interpreter_scalar_index()
+
+
+# ----------------------------------------------------------------------------------------
+# Element-wise math shared by the kernels (fp32, in registers)
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _tanh_and_slope(x):
+    """``tanh(x)`` and its derivative ``1 - tanh(x)^2``, both fp32, from one ``exp2``.
+
+    With ``e = exp(-2|x|)`` in (0, 1]: ``tanh|x| = (1 - e) / (1 + e)`` and
+    ``1 - tanh^2 = 4e / (1 + e)^2``. The second form keeps full *relative* precision when
+    ``tanh`` is close to +-1, where ``1 - t*t`` would cancel. ``x = +-inf`` gives ``e = 0``,
+    hence ``t = +-1`` and slope 0, as ``torch.tanh`` does.
+    """
+    x = x.to(tl.float32)
+    e = tl.exp2((-2.0 * _LOG2_E) * tl.abs(x))
+    one_plus_e = 1.0 + e
+    t_abs = (1.0 - e) / one_plus_e
+    t = tl.where(x < 0.0, -t_abs, t_abs)
+    slope = 4.0 * e / (one_plus_e * one_plus_e)
+    return t, slope
+
+
+@triton.jit
+def _chebyshev_features(t, D: tl.constexpr, dtype: tl.constexpr):
+    """``(T_1(t), ..., T_D(t))`` as a tuple of tiles cast to ``dtype`` (the tl.dot operand type).
+
+    The recurrence ``T_n = 2t T_{n-1} - T_{n-2}`` runs in fp32; only the results are
+    rounded. ``T_0 = 1`` is not needed: the host folds it into a bias.
+    """
+    feats = (t.to(dtype),)
+    t_prev = tl.full(t.shape, 1.0, tl.float32)  # T_0
+    t_cur = t  # T_1
+    for _n in tl.static_range(2, D + 1):
+        t_next = 2.0 * t * t_cur - t_prev
+        t_prev = t_cur
+        t_cur = t_next
+        feats = feats + (t_cur.to(dtype),)
+    return feats
+
+
+@triton.jit
+def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr):
+    """``acc + a @ b`` with fp32 accumulation (see _UPCAST_DOT_OPERANDS)."""
+    if _UPCAST_DOT_OPERANDS:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _grouped_tile(pid, n_rows, n_cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_R: tl.constexpr):
+    """Map a linear program id to a (row block, column block) of the output.
+
+    Programs are launched in order of their id, so consecutive ids should reuse the same
+    operand tiles while those are still in L2: we sweep the columns of GROUP_R row blocks
+    before moving on to the next GROUP_R row blocks.
+    """
+    row_blocks = tl.cdiv(n_rows, BLOCK_R)
+    col_blocks = tl.cdiv(n_cols, BLOCK_C)
+    programs_per_group = GROUP_R * col_blocks
+    first_row_block = (pid // programs_per_group) * GROUP_R
+    rows_in_group = min(row_blocks - first_row_block, GROUP_R)
+    local = pid % programs_per_group
+    return first_row_block + local % rows_in_group, local // rows_in_group
+
+
+# ----------------------------------------------------------------------------------------
+# Autotuning: configs, and pruning those that cannot fit
+# ----------------------------------------------------------------------------------------
+def _config(block_m, block_n, block_k, warps, stages, group=8):
+    return triton.Config(
+        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP": group},
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+# Under the interpreter a program is plain NumPy: one small config keeps CPU tests fast
+# (and with a single config the autotuner does not benchmark at all).
+_INTERPRETER_CONFIGS = [_config(16, 16, 16, 1, 1, group=2)]
+
+# BLOCK_M x BLOCK_N x BLOCK_K in each kernel's own meaning (see the table in the module
+# docstring). The large tiles feed H100 tensor cores (16-bit operands, tf32); the small ones
+# suit fp32 "ieee" products (FMA units, whose operands also live in registers) and high
+# degrees, whose D accumulators or D feature tiles crowd the registers.
+_FORWARD_CONFIGS = [
+    _config(128, 256, 32, 8, 3),
+    _config(128, 256, 16, 8, 3),
+    _config(128, 128, 32, 8, 2),
+    _config(128, 128, 64, 8, 3),
+    _config(128, 128, 32, 4, 4),
+    _config(64, 128, 32, 4, 4),
+    _config(64, 64, 32, 4, 3),
+    _config(128, 64, 16, 8, 3),
+    _config(32, 32, 32, 4, 2),
+]
+_DX_CONFIGS = [  # tile (BLOCK_M rows, BLOCK_K inputs); loop over outputs by BLOCK_N
+    _config(128, 64, 64, 8, 3),
+    _config(128, 32, 64, 8, 3),
+    _config(128, 64, 32, 4, 4),
+    _config(64, 64, 64, 4, 3),
+    _config(64, 64, 32, 8, 3),
+    _config(64, 32, 32, 4, 3),
+    _config(32, 64, 32, 8, 3),
+    _config(32, 32, 32, 4, 2),
+]
+_DW_CONFIGS = [  # tile (BLOCK_K inputs, BLOCK_N outputs); loop over rows by BLOCK_M
+    _config(64, 128, 64, 8, 3),
+    _config(64, 64, 64, 4, 3),
+    _config(64, 128, 64, 4, 4),
+    _config(32, 64, 64, 4, 3),
+    _config(32, 64, 32, 4, 3),
+    _config(32, 32, 32, 8, 2),
+    _config(32, 32, 32, 4, 2),
+]
+
+# What a config must fit, estimated per thread: the fp32 accumulators plus the feature
+# tiles kept live in registers (a 16-bit value is half a register). Calibrated by compiling
+# for sm_90 (ptxas register counts): above these budgets the kernels spill. FMA products
+# ("ieee" fp32) hold their operand fragments in registers too, hence the lower budget.
+# Shared memory holds num_stages copies of the operand tiles (H100: 227 KiB per block).
+_REGISTER_BUDGET = {"tensor cores": 160, "ieee fp32": 80}
+_MAX_SHARED_BYTES = 200 * 1024
+
+
+def _fits(cfg, named_args, kwargs, accumulators, live_operands, stage_elems) -> bool:
+    element_size = named_args["x_ptr"].element_size()
+    fp32_ieee = element_size == 4 and kwargs["INPUT_PRECISION"] == "ieee"
+    threads = 32 * cfg.num_warps
+    registers = (accumulators + live_operands * element_size / 4) / threads
+    budget = _REGISTER_BUDGET["ieee fp32" if fp32_ieee else "tensor cores"]
+    return registers <= budget and cfg.num_stages * stage_elems * element_size <= _MAX_SHARED_BYTES
+
+
+def _keep_fitting(configs, fits):
+    """Configs that fit; if none does (very high degree), the one with the smallest tiles.
+
+    With ``AUTOTUNE`` off, only the first config that fits (the lists are ordered from the
+    largest tiles down, which suits H100 and 16-bit data best): one compile per shape class
+    instead of one per config, for tests and short experiments.
+    """
+    kept = [c for c in configs if fits(c)]
+    if not kept:
+        kept = [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
+    return kept if AUTOTUNE else kept[:1]
+
+
+def _prune_forward(configs, named_args, **kwargs):
+    def fits(c):
+        bm, bn, bk, d = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], kwargs["D"]
+        return _fits(c, named_args, kwargs, bm * bn, d * bm * bk, bk * (bm + d * bn))
+    return _keep_fitting(configs, fits)
+
+
+def _prune_dx(configs, named_args, **kwargs):
+    def fits(c):
+        bm, bn, bk, d = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], kwargs["D"]
+        return _fits(c, named_args, kwargs, d * bm * bk, 0, bn * (bm + d * bk))
+    return _keep_fitting(configs, fits)
+
+
+def _prune_dw(configs, named_args, **kwargs):
+    def fits(c):
+        bm, bn, bk, d = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], kwargs["D"]
+        return _fits(c, named_args, kwargs, d * bk * bn, d * bk * bm, bm * (bk + bn))
+    return _keep_fitting(configs, fits)
+
+
+def _autotune(configs, prune):
+    if interpret_mode():
+        return triton.autotune(configs=_INTERPRETER_CONFIGS, key=["M", "N_IN", "N_OUT", "D"])
+    return triton.autotune(
+        configs=configs, key=["M", "N_IN", "N_OUT", "D"], prune_configs_by={"early_config_prune": prune}
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------
+@_autotune(_FORWARD_CONFIGS, _prune_forward)
+@triton.jit
+def _chebykan_forward_kernel(
+    x_ptr,  # (M, N_IN), contiguous
+    w_ptr,  # (D, N_IN, N_OUT), contiguous: w[d - 1] = coeffs[:, :, d]
+    bias_ptr,  # (N_OUT,) fp32: the degree-0 term, sum_i coeffs[i, :, 0]
+    y_ptr,  # (M, N_OUT), contiguous
+    M, N_IN, N_OUT,
+    D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+):
+    """y tile (BLOCK_M, BLOCK_N) = bias + sum_{d>=1} T_d(tanh x[:, k-block]) @ w[d-1][k-block, :]."""
+    row_block, col_block = _grouped_tile(tl.program_id(0), M, N_OUT, BLOCK_M, BLOCK_N, GROUP)
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N_OUT
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, N_IN, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < N_IN
+        # Padding columns (ks >= N_IN) load x = 0, whose features are not 0 (T_2(0) = -1);
+        # they are cancelled because the matching weight rows load as 0.
+        x = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        t = _tanh_and_slope(x)[0]
+        w_ptrs = w_ptr + ks[:, None] * N_OUT + cols[None, :]
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        # All D features first, then D dots: the feature math can overlap the tensor-core
+        # work still in flight from the previous step.
+        feats = _chebyshev_features(t, D, x_ptr.dtype.element_ty)
+        for d in tl.static_range(1, D + 1):
+            w = tl.load(w_ptrs + (d - 1) * N_IN * N_OUT, mask=w_mask, other=0.0)
+            acc = _dot(feats[d - 1], w, acc, INPUT_PRECISION)
+
+    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    tl.store(y_ptr + rows[:, None] * N_OUT + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+@_autotune(_DX_CONFIGS, _prune_dx)
+@triton.jit
+def _chebykan_dx_kernel(
+    dy_ptr,  # (M, N_OUT), contiguous
+    w_ptr,  # (D, N_IN, N_OUT), contiguous, as in the forward kernel
+    x_ptr,  # (M, N_IN), contiguous
+    dx_ptr,  # (M, N_IN), contiguous
+    M, N_IN, N_OUT,
+    D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+):
+    """dx tile (BLOCK_M, BLOCK_K) = (1 - t^2) * sum_{d>=1} d U_{d-1}(t) * (dy @ w[d-1]^T).
+
+    The D products ``g_d = dy @ w[d-1]^T`` share the same dy tile, so they are
+    accumulated side by side (a tuple of D fp32 tiles) in one sweep over the outputs, and
+    only the epilogue mixes them with the per-element derivative weights.
+    """
+    row_block, k_block = _grouped_tile(tl.program_id(0), M, N_IN, BLOCK_M, BLOCK_K, GROUP)
+    rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = k_block * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < M
+    k_ok = ks < N_IN
+
+    accs = ()
+    for _degree in tl.static_range(D):
+        accs = accs + (tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32),)
+
+    for n0 in range(0, N_OUT, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        n_ok = ns < N_OUT
+        dy = tl.load(dy_ptr + rows[:, None] * N_OUT + ns[None, :], mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+        # (BLOCK_N, BLOCK_K) view of w[d-1]^T: element (n, k) is w[d-1, k, n]. Along n it is
+        # contiguous, which is the reduction axis here: the usual "K-major" B operand.
+        wt_ptrs = w_ptr + ks[None, :] * N_OUT + ns[:, None]
+        wt_mask = n_ok[:, None] & k_ok[None, :]
+        updated = ()
+        for d in tl.static_range(1, D + 1):
+            wt = tl.load(wt_ptrs + (d - 1) * N_IN * N_OUT, mask=wt_mask, other=0.0)
+            updated = updated + (_dot(dy, wt, accs[d - 1], INPUT_PRECISION),)
+        accs = updated
+
+    # Epilogue: T_d'(t) = d * U_{d-1}(t), with U_0 = 1, U_1 = 2t, U_n = 2t U_{n-1} - U_{n-2}.
+    x = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+    t, slope = _tanh_and_slope(x)
+    u_prev = tl.zeros(t.shape, tl.float32)  # U_{-1} = 0 makes the recurrence give U_1 = 2t
+    u_cur = tl.full(t.shape, 1.0, tl.float32)  # U_0
+    grad_t = accs[0]  # d = 1: T_1' = 1 * U_0 = 1
+    for d in tl.static_range(2, D + 1):
+        u_next = 2.0 * t * u_cur - u_prev
+        u_prev = u_cur
+        u_cur = u_next  # U_{d-1}
+        grad_t += (d * u_cur) * accs[d - 1]
+    dx = slope * grad_t
+    tl.store(dx_ptr + rows[:, None] * N_IN + ks[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & k_ok[None, :])
+
+
+@_autotune(_DW_CONFIGS, _prune_dw)
+@triton.jit
+def _chebykan_dcoeffs_kernel(
+    x_ptr,  # (M, N_IN), contiguous
+    dy_ptr,  # (M, N_OUT), contiguous
+    dw_ptr,  # dcoeffs (N_IN, N_OUT, D + 1); we write degrees 1..D
+    stride_dw_in, stride_dw_out, stride_dw_deg,
+    M, N_IN, N_OUT,
+    D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+):
+    """dcoeffs[k-block, n-block, d] = T_d(tanh x[:, k-block])^T @ dy[:, n-block], for d = 1..D.
+
+    The features of one x tile serve all D degrees, so they are computed once per step
+    and D accumulators (BLOCK_K, BLOCK_N) are kept side by side.
+    """
+    k_block, col_block = _grouped_tile(tl.program_id(0), N_IN, N_OUT, BLOCK_K, BLOCK_N, GROUP)
+    ks = k_block * BLOCK_K + tl.arange(0, BLOCK_K)
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ok = ks < N_IN
+    col_ok = cols < N_OUT
+
+    accs = ()
+    for _degree in tl.static_range(D):
+        accs = accs + (tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32),)
+
+    for m0 in range(0, M, BLOCK_M):
+        ms = m0 + tl.arange(0, BLOCK_M)
+        m_ok = ms < M
+        # x loaded already transposed, (BLOCK_K, BLOCK_M), so the features are the left operand.
+        # Padding rows (ms >= M) give finite features; the matching dy rows load as 0.
+        xt = tl.load(x_ptr + ms[None, :] * N_IN + ks[:, None], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        dy = tl.load(dy_ptr + ms[:, None] * N_OUT + cols[None, :], mask=m_ok[:, None] & col_ok[None, :], other=0.0)
+        feats = _chebyshev_features(_tanh_and_slope(xt)[0], D, dy_ptr.dtype.element_ty)
+        updated = ()
+        for d in tl.static_range(1, D + 1):
+            updated = updated + (_dot(feats[d - 1], dy, accs[d - 1], INPUT_PRECISION),)
+        accs = updated
+
+    out_ptrs = dw_ptr + ks[:, None] * stride_dw_in + cols[None, :] * stride_dw_out
+    out_mask = k_ok[:, None] & col_ok[None, :]
+    # Each degree lands at a stride of (D + 1) elements in coeffs' layout; the D stores of a
+    # program fill the same cache lines, so L2 merges them before they reach memory.
+    for d in tl.static_range(1, D + 1):
+        tl.store(out_ptrs + d * stride_dw_deg, accs[d - 1].to(dw_ptr.dtype.element_ty), mask=out_mask)
+
+
+# ----------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------
+def _check_inputs(x: torch.Tensor, coeffs: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(coeffs, torch.Tensor):
+        raise TypeError(f"x and coeffs must be torch.Tensor, got {type(x).__name__} and {type(coeffs).__name__}")
+    if x.dim() != 2:
+        raise ValueError(
+            f"x must be 2-D (rows, in_features), got shape {tuple(x.shape)}; "
+            "flatten leading dimensions first, e.g. x.reshape(-1, x.shape[-1]) (labkit.kan.ops.chebykan does this)"
+        )
+    if coeffs.dim() != 3:
+        raise ValueError(f"coeffs must be 3-D (in_features, out_features, degree + 1), got shape {tuple(coeffs.shape)}")
+    if x.shape[1] != coeffs.shape[0]:
+        raise ValueError(
+            f"x has {x.shape[1]} input features (last dim) but coeffs has {coeffs.shape[0]} (dim 0); "
+            "they must match"
+        )
+    if coeffs.shape[2] < 1 or coeffs.shape[2] - 1 > MAX_DEGREE:
+        raise ValueError(f"coeffs.shape[2] is degree + 1 and must be in 1..{MAX_DEGREE + 1}, got {coeffs.shape[2]}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x has dtype {x.dtype}; supported: float32, float16, bfloat16 (use the reference for float64)")
+    if coeffs.dtype != x.dtype:
+        raise TypeError(f"x is {x.dtype} but coeffs is {coeffs.dtype}; cast both to one dtype, e.g. coeffs.to(x.dtype)")
+    if x.device != coeffs.device:
+        raise ValueError(f"x is on {x.device} but coeffs is on {coeffs.device}; move both to one device")
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpret_mode()):
+        raise RuntimeError(
+            f"chebykan_triton needs CUDA tensors, got {x.device}; on CPU set TRITON_INTERPRET=1 before importing "
+            "triton, or use labkit.kan.reference.chebykan_reference"
+        )
+    m, n_in, n_out = x.shape[0], coeffs.shape[0], coeffs.shape[1]
+    if max(m * n_in, m * n_out, coeffs.numel()) > _MAX_INT32_ELEMENTS:
+        raise ValueError("tensors of 2**31 elements or more are not supported (int32 indexing); split the rows")
+
+
+def resolve_input_precision(dtype: torch.dtype, input_precision: str | None = None) -> str:
+    """How ``tl.dot`` treats fp32 operands.
+
+    ``None`` follows PyTorch's global switch: ``"tf32"`` when
+    ``torch.backends.cuda.matmul.allow_tf32`` is True, else ``"ieee"`` (exact fp32 products,
+    no tensor cores). ``"tf32x3"`` splits each fp32 value into two tf32 parts and keeps
+    close-to-fp32 accuracy on tensor cores. 16-bit operands always use tensor cores, and
+    the value is ignored for them.
+    """
+    if input_precision is not None and input_precision not in FP32_INPUT_PRECISIONS:
+        raise ValueError(f"input_precision must be None or one of {FP32_INPUT_PRECISIONS}, got {input_precision!r}")
+    if dtype != torch.float32:
+        return "ieee"
+    if input_precision is not None:
+        return input_precision
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _weights_by_degree(coeffs: torch.Tensor) -> torch.Tensor:
+    """coeffs (in, out, D+1) -> w (D, in, out), contiguous, degrees 1..D.
+
+    Why this layout: in coeffs' own layout the (in-block, out-block) slice of one degree
+    is strided by D+1 along ``out``, so a tile load would touch D+1 times more memory
+    than it uses. In (D, in, out) each degree is a dense row-major (in, out) matrix: the
+    forward's B operand ``w[d][k-block, n-block]`` is a contiguous (BLOCK_K, BLOCK_N) tile,
+    and the backward reads ``w[d]^T`` tiles that are contiguous along the reduction axis.
+    The copy is one pass over the weights (in*out*D elements), small next to the GEMM's
+    rows*in*out*D multiply-adds, and is rebuilt per call rather than kept alive.
+    """
+    return coeffs[:, :, 1:].permute(2, 0, 1).contiguous()
+
+
+def _device_guard(t: torch.Tensor):
+    """Triton launches on the *current* CUDA device: make it the tensors' device."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _forward(x: torch.Tensor, coeffs: torch.Tensor, precision: str) -> torch.Tensor:
+    m, n_in = x.shape
+    n_out, degree = coeffs.shape[1], coeffs.shape[2] - 1
+    bias = coeffs[:, :, 0].sum(dim=0, dtype=torch.float32)  # T_0 = 1: degree 0 is a bias
+    if degree == 0:
+        return bias.to(x.dtype).expand(m, n_out).contiguous()
+    y = torch.empty((m, n_out), device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    w = _weights_by_degree(coeffs)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
+    _chebykan_forward_kernel[grid](x, w, bias, y, m, n_in, n_out, D=degree, INPUT_PRECISION=precision)
+    return y
+
+
+def _backward_dx(dy: torch.Tensor, x: torch.Tensor, coeffs: torch.Tensor, precision: str) -> torch.Tensor:
+    m, n_in = x.shape
+    n_out, degree = coeffs.shape[1], coeffs.shape[2] - 1
+    if degree == 0 or x.numel() == 0:  # degree 0 does not depend on x
+        return torch.zeros_like(x)
+    dx = torch.empty_like(x)
+    w = _weights_by_degree(coeffs)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_in, meta["BLOCK_K"]),)  # noqa: E731
+    _chebykan_dx_kernel[grid](dy, w, x, dx, m, n_in, n_out, D=degree, INPUT_PRECISION=precision)
+    return dx
+
+
+def _backward_dcoeffs(dy: torch.Tensor, x: torch.Tensor, coeffs: torch.Tensor, precision: str) -> torch.Tensor:
+    m, n_in = x.shape
+    n_out, degree = coeffs.shape[1], coeffs.shape[2] - 1
+    dcoeffs = torch.empty_like(coeffs, memory_format=torch.contiguous_format)
+    # T_0 = 1, so every input feature gets the same degree-0 gradient: the column sums of dy.
+    dcoeffs[:, :, 0] = dy.sum(dim=0, dtype=torch.float32).to(dcoeffs.dtype)
+    if degree == 0 or n_in * n_out == 0:
+        return dcoeffs
+    grid = lambda meta: (triton.cdiv(n_in, meta["BLOCK_K"]) * triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
+    _chebykan_dcoeffs_kernel[grid](
+        x, dy, dcoeffs, *dcoeffs.stride(), m, n_in, n_out, D=degree, INPUT_PRECISION=precision
+    )
+    return dcoeffs
+
+
+class ChebyKANFunction(torch.autograd.Function):
+    """Autograd wrapper: saves only ``x`` and ``coeffs``; the backward regenerates features."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeffs: torch.Tensor, precision: str) -> torch.Tensor:
+        x = x.contiguous()
+        coeffs = coeffs.contiguous()
+        with _device_guard(x):
+            y = _forward(x, coeffs, precision)
+        ctx.save_for_backward(x, coeffs)
+        ctx.precision = precision
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels have no backward of their own
+    def backward(ctx, dy: torch.Tensor):
+        x, coeffs = ctx.saved_tensors
+        dy = dy.to(x.dtype).contiguous()
+        dx = dcoeffs = None
+        with _device_guard(x):
+            if ctx.needs_input_grad[0]:
+                dx = _backward_dx(dy, x, coeffs, ctx.precision)
+            if ctx.needs_input_grad[1]:
+                dcoeffs = _backward_dcoeffs(dy, x, coeffs, ctx.precision)
+        return dx, dcoeffs, None
+
+
+def chebykan_triton(x: torch.Tensor, coeffs: torch.Tensor, *, input_precision: str | None = None) -> torch.Tensor:
+    """Chebyshev-KAN layer on fused Triton kernels, differentiable in ``x`` and ``coeffs``.
+
+    Args:
+        x: (M, in) activations, float32, float16 or bfloat16; CUDA (or CPU under
+            ``TRITON_INTERPRET=1``). Any strides.
+        coeffs: (in, out, D + 1) Chebyshev coefficients, same dtype and device as ``x``.
+        input_precision: fp32 only: ``None`` (follow ``torch.backends.cuda.matmul.allow_tf32``),
+            ``"ieee"``, ``"tf32"`` or ``"tf32x3"``; see :func:`resolve_input_precision`.
+
+    Returns:
+        y: (M, out) in the dtype of ``x``, ``y[m, o] = sum_{i,d} T_d(tanh x[m, i]) coeffs[i, o, d]``.
+        Products run in the input dtype, sums in fp32.
+    """
+    _check_inputs(x, coeffs)
+    precision = resolve_input_precision(x.dtype, input_precision)
+    return ChebyKANFunction.apply(x, coeffs, precision)
+
+
+# ----------------------------------------------------------------------------------------
+# GPU self-check and timing, for a person with an H100: python -m labkit.kan.triton_chebyshev
+# ----------------------------------------------------------------------------------------
+def _max_rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|: one number per tensor, insensitive to tiny entries."""
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def _bench_ms(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn)
+    start = time.perf_counter()  # CPU smoke run: one call, no statistics
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _step_memory(step, device: torch.device) -> int:
+    """Peak bytes allocated while ``step`` runs, above what was allocated before it."""
+    if device.type != "cuda":
+        step()
+        return 0
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _selfcheck(
+    rows: int = 4096,
+    in_features: int = 768,
+    out_features: int = 3072,
+    degree: int = 3,
+    fp32_precisions: tuple[str, ...] = ("ieee", "tf32x3", "tf32"),
+    device: str = "cuda",
+) -> None:
+    """Accuracy against the float64 reference, then time and memory of forward+backward.
+
+    Compared with ``nn.Linear(in, out) + GELU`` of the same shape and dtype, and with the
+    seed's einsum formulation. Targets at 4096 x 768 -> 3072, degree 3: at most 2x the time
+    and 1.5x the peak memory of Linear+GELU. "Memory" is the peak allocated during one
+    forward+backward step above what was allocated before it (inputs, parameters, dy).
+    The first call of each dtype/precision autotunes (compiles every config): its wall
+    time is printed separately. ``device="cpu"`` (under ``TRITON_INTERPRET=1``, tiny sizes)
+    only checks that this script runs.
+    """
+    from labkit.kan.reference import chebykan_reference, chebykan_seed_formulation
+
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter smoke run)"
+    print(f"{name}  rows={rows} in={in_features} out={out_features} degree={degree}")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x64 = torch.randn(rows, in_features, device=device, dtype=torch.float64, generator=gen)
+    c64 = torch.randn(in_features, out_features, degree + 1, device=device, dtype=torch.float64, generator=gen)
+    c64 /= math.sqrt(in_features * (degree + 1))
+    dy64 = torch.randn(rows, out_features, device=device, dtype=torch.float64, generator=gen)
+
+    def train_step(fn, inputs, dy):
+        """Forward + backward; the gradients are returned and dropped, as an optimizer would."""
+        return lambda: torch.autograd.grad(fn(*inputs), inputs, dy)
+
+    for dtype, precisions in ((torch.float32, fp32_precisions), (torch.bfloat16, (None,))):
+        x = x64.to(dtype).requires_grad_()
+        coeffs = c64.to(dtype).requires_grad_()
+        dy = dy64.to(dtype)
+        # Reference in float64 from the *rounded* inputs, so only the kernels' error shows.
+        xr, cr = x.detach().double().requires_grad_(), coeffs.detach().double().requires_grad_()
+        y_ref = chebykan_reference(xr, cr)
+        dx_ref, dc_ref = torch.autograd.grad(y_ref, (xr, cr), dy.double())
+        y_ref = y_ref.detach()
+
+        linear = torch.nn.Linear(in_features, out_features, device=device, dtype=dtype)
+        gelu = torch.nn.GELU()
+        # The parameters are listed as inputs only so that their gradients are computed too.
+        step_lin = train_step(lambda a, *params: gelu(linear(a)), (x, *linear.parameters()), dy)
+        t_lin = _bench_ms(step_lin, device)
+        mem_lin = _step_memory(step_lin, device)
+        t_seed = _bench_ms(train_step(chebykan_seed_formulation, (x, coeffs), dy), device)
+        print(f"\n{dtype}: Linear+GELU {t_lin:.3f} ms, {mem_lin / 2**20:.0f} MiB;  seed einsum {t_seed:.3f} ms")
+
+        for precision in precisions:
+            kan = lambda a, c, p=precision: chebykan_triton(a, c, input_precision=p)  # noqa: E731
+            start = time.perf_counter()
+            y = kan(x, coeffs)
+            dx, dc = torch.autograd.grad(y, (x, coeffs), dy)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first_call = time.perf_counter() - start
+            errors = [_max_rel_error(got, want) for got, want in ((y, y_ref), (dx, dx_ref), (dc, dc_ref))]
+            del y, dx, dc
+            step = train_step(kan, (x, coeffs), dy)
+            t_kan = _bench_ms(step, device)
+            mem_kan = _step_memory(step, device)
+            with torch.no_grad():
+                t_fwd = _bench_ms(lambda: kan(x, coeffs), device)
+            mem_ratio = mem_kan / mem_lin if mem_lin else float("nan")
+            print(f"  triton [{precision or 'tensor cores'}] (first call, autotuning: {first_call:.1f} s)")
+            print(f"    max rel err: y {errors[0]:.1e}, dx {errors[1]:.1e}, dcoeffs {errors[2]:.1e}")
+            print(f"    fwd+bwd {t_kan:.3f} ms = {t_kan / t_lin:.2f}x Linear+GELU (target <= 2x); fwd {t_fwd:.3f} ms; "
+                  f"memory {mem_kan / 2**20:.0f} MiB = {mem_ratio:.2f}x (target <= 1.5x)")
+            for kernel in (_chebykan_forward_kernel, _chebykan_dx_kernel, _chebykan_dcoeffs_kernel):
+                print(f"    best config {kernel.fn.__name__}: {kernel.best_config}")
+
+
+if __name__ == "__main__":
+    _selfcheck()

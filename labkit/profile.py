@@ -1,0 +1,85 @@
+"""Run profiles: one switch, ``LABKIT_PROFILE``, sets the size of every experiment.
+
+* ``quick``: CPU, CI; each notebook under 3 minutes on 2 cores.
+* ``full``: one GPU; each notebook under 5 minutes on an H100. The book shows these results.
+* ``paper``: the seed's or the paper's original scale (hours). Documented, not run by CI.
+
+The default is ``full`` when CUDA is present and ``quick`` otherwise.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType, SimpleNamespace
+
+import torch
+
+PROFILES = ("quick", "full", "paper")
+
+# Sizes per chapter and profile. Each chapter reads its own entry: ``profile().kan.steps``.
+_SIZES: dict[str, dict[str, dict]] = {
+    "kan": {
+        # Function fitting (KAN paper, Fig. 2.3): grids visited by grid extension,
+        # LBFGS steps per grid, training points, the benchmark problem sizes.
+        "quick": dict(grids=(3, 5, 10), steps_per_grid=20, n_train=1000, n_test=1000,
+                      dtype="float64", cheby_degrees=(2, 4, 6), mlp_steps=300,
+                      bench_rows=64, bench_in=32, bench_out=48),
+        "full": dict(grids=(3, 5, 10, 20, 50, 100), steps_per_grid=200, n_train=1000, n_test=1000,
+                     dtype="float64", cheby_degrees=(2, 4, 8, 12, 16), mlp_steps=3000,
+                     bench_rows=4096, bench_in=768, bench_out=3072),
+        "paper": dict(grids=(3, 5, 10, 20, 50, 100, 200, 500, 1000), steps_per_grid=200, n_train=1000,
+                      n_test=1000, dtype="float64", cheby_degrees=(2, 4, 8, 12, 16, 24), mlp_steps=20000,
+                      bench_rows=4096, bench_in=768, bench_out=3072),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The active profile: its ``name`` plus one namespace of sizes per chapter."""
+
+    name: str
+    chapters: MappingProxyType = field(repr=False)
+
+    def __getattr__(self, chapter: str) -> SimpleNamespace:
+        try:
+            return self.chapters[chapter]
+        except KeyError:
+            raise AttributeError(
+                f"profile has no sizes for chapter {chapter!r}; known: {sorted(self.chapters)}"
+            ) from None
+
+
+def default_profile_name() -> str:
+    return "full" if torch.cuda.is_available() else "quick"
+
+
+def profile(name: str | None = None) -> Profile:
+    """The profile named by ``name``, else ``$LABKIT_PROFILE``, else the default for this machine."""
+    name = name or os.environ.get("LABKIT_PROFILE") or default_profile_name()
+    if name not in PROFILES:
+        raise ValueError(f"LABKIT_PROFILE must be one of {PROFILES}, got {name!r}")
+    chapters = {chapter: SimpleNamespace(**sizes[name]) for chapter, sizes in _SIZES.items()}
+    return Profile(name, MappingProxyType(chapters))
+
+
+def start(seed: int = 0, name: str | None = None) -> Profile:
+    """What every notebook's second cell calls: seed everything and print how this run is set up."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    active = profile(name)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = "not installed"
+    print(f"profile={active.name} | device={device} | torch {torch.__version__} | "
+          f"triton {triton_version} | seed {seed}")
+    return active

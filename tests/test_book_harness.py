@@ -1,0 +1,67 @@
+"""The harness itself: a broken notebook cell must fail both the book build and nbval.
+
+A throwaway book with one good and one broken notebook is built with the project's own
+``_config.yml`` and tested with the project's own ``conftest.py``. The good notebook is the
+control: it shows the failures come from the broken cell, not from the setup.
+"""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+GOOD = '''# %% [markdown]
+# # A good page
+# Some math: $e^{i\\pi} + 1 = 0$.
+
+# %%
+x = 6 * 7
+print(x)
+
+# %% tags=["remove-cell"]
+assert x == 42
+'''
+BROKEN = GOOD.replace("# # A good page", "# # A broken page").replace("x = 6 * 7", "x = 6 * 7\nraise RuntimeError('deliberately broken cell')")
+
+
+def _make_book(tmp_path: Path, notebook: str) -> Path:
+    book = tmp_path / "book"
+    (book / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "_config.yml", book / "_config.yml")
+    shutil.copy(REPO / "conftest.py", book / "conftest.py")
+    (book / "intro.md").write_text("# Intro\n")
+    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: notebooks/page\n")
+    (book / "notebooks" / "page.py").write_text(notebook)
+    # The project's config names a bibliography and a repository; keep the bib resolvable.
+    (book / "book").mkdir()
+    shutil.copy(REPO / "book" / "references.bib", book / "book" / "references.bib")
+    return book
+
+
+def _build(book: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "jupyter-book"), "build", str(book), "-W"], capture_output=True, text=True,
+                          cwd=book, timeout=600)
+
+
+def _nbval(book: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-q",
+                           "-p", "no:cacheprovider", "notebooks"], capture_output=True, text=True, cwd=book,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("notebook,should_pass", [(GOOD, True), (BROKEN, False)], ids=["good", "broken"])
+def test_build_and_nbval_catch_a_broken_cell(tmp_path, notebook, should_pass):
+    book = _make_book(tmp_path, notebook)
+    build, tests = _build(book), _nbval(book)
+    assert (build.returncode == 0) == should_pass, build.stdout[-3000:] + build.stderr[-3000:]
+    assert (tests.returncode == 0) == should_pass, tests.stdout[-3000:]
+    if should_pass:
+        assert "1 passed" in tests.stdout or "passed" in tests.stdout
+        assert (book / "_build" / "html" / "notebooks" / "page.html").exists()
+    else:
+        assert "deliberately broken cell" in build.stdout + build.stderr
+        assert "deliberately broken cell" in tests.stdout
