@@ -8,25 +8,22 @@ and the ``.py`` notebooks are collected as nbval notebook files. Their paired ``
 Text notebooks carry no outputs, so nbval checks that every cell runs without error; the
 results are checked by the hidden ``assert`` cells (tag ``remove-cell``) in each notebook.
 """
-from pathlib import Path
-
-import nbformat
-import pytest
-
-NOTEBOOK_DIR = Path(__file__).parent / "notebooks"
 
 
 class _NbformatReadingPercent:
     """``nbformat`` with a ``read`` that also reads jupytext ``py:percent`` files."""
 
     def __getattr__(self, name):
+        import nbformat
+
         return getattr(nbformat, name)
 
     @staticmethod
     def read(fp, as_version=4, **kwargs):
-        if str(fp).endswith(".py"):
-            import jupytext
+        import jupytext
+        import nbformat
 
+        if str(fp).endswith(".py"):
             return jupytext.read(fp, fmt="py:percent")
         return nbformat.read(fp, as_version=as_version, **kwargs)
 
