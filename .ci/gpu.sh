@@ -3,7 +3,8 @@
 # Usage: bash .ci/gpu.sh STEP...   with steps: env tests bench-kan notebooks
 # The machine has torch/triton but no Jupyter stack: wheels for it travel in .whl/.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_MININTERVAL=5
+# No MPLBACKEND here: executed notebooks need the inline backend to store their figures.
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

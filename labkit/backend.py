@@ -56,3 +56,27 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
                 "before importing triton, or use backend='torch'"
             )
     return backend
+
+
+def patch_triton_interpreter() -> None:
+    """Work around triton-lang/triton#9171: Triton 3.6's interpreter under NumPy >= 2.4.
+
+    The interpreter holds every scalar as a NumPy array of shape (1,) and turns it into a
+    Python int with ``int(array)``, which NumPy 2.4 rejects ("only 0-dimensional arrays can
+    be converted"); every ``range(0, n, BLOCK)`` over a runtime ``n`` then fails. We
+    re-register ``__index__`` through an explicit element read. Idempotent; the kernel
+    modules call it at import under ``TRITON_INTERPRET=1`` and it is harmless once Triton
+    ships the fix.
+    """
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "labkit_scalar_index", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch_lang_tensor.labkit_scalar_index = True
+    interpreter._patch_lang_tensor = patch_lang_tensor

@@ -142,6 +142,27 @@ def execute(py_path: Path, profile: str, timeout: int = 1200, kernel: str = "pyt
     return out
 
 
+def extract_figure(ipynb: Path, source_prefix: str, out: Path) -> Path:
+    """Save the first PNG output of the code cell whose source starts with ``source_prefix``.
+
+    This is how the README's figure is made: from the committed run, never redrawn.
+    """
+    import base64
+
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.startswith(source_prefix):
+            for output in cell.get("outputs", ()):
+                png = output.get("data", {}).get("image/png")
+                if png:
+                    Path(out).write_bytes(base64.b64decode(png))
+                    return Path(out)
+            raise ValueError(f"the cell starting with {source_prefix!r} in {ipynb} has no PNG output")
+    raise ValueError(f"no code cell in {ipynb} starts with {source_prefix!r}")
+
+
 def _device_name() -> str:
     import torch
 
@@ -156,7 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--profile", default=None, help="quick | full | paper (default: full with CUDA, else quick)")
     ex.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     sub.add_parser("check", help="check that every pair is in sync and holds a full-profile run")
+    fig = sub.add_parser("figure", help="save a figure of a committed run as PNG (for the README)")
+    fig.add_argument("ipynb", type=Path)
+    fig.add_argument("--cell", required=True, help="the beginning of the code cell's source")
+    fig.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
+
+    if args.command == "figure":
+        print(f"wrote {extract_figure(args.ipynb, args.cell, args.out)}")
+        return 0
 
     if args.command == "check":
         problems = check_pairs()

@@ -70,14 +70,15 @@ def _inputs(grid, rows, gen):
     return x
 
 
-def _make_case(dtype, device, grid_size=5, order=3, scaler=True, uniform=False, rows=ROWS, seed=0):
+def _make_case(dtype, device, grid_size=5, order=3, scaler=True, uniform=False, rows=ROWS, seed=0,
+               n_in=N_IN, n_out=N_OUT):
     gen = torch.Generator().manual_seed(seed)
-    grid = _grid(N_IN, grid_size, order, gen, uniform)
+    grid = _grid(n_in, grid_size, order, gen, uniform)
     x = _inputs(grid, rows, gen)
-    base_weight = torch.randn(N_OUT, N_IN, generator=gen) / N_IN**0.5
-    spline_weight = torch.randn(N_OUT, N_IN, grid_size + order, generator=gen) * 0.5 / N_IN**0.5
-    spline_scaler = 1 + 0.5 * torch.randn(N_OUT, N_IN, generator=gen) if scaler else None
-    dy = torch.randn(rows, N_OUT, generator=gen)
+    base_weight = torch.randn(n_out, n_in, generator=gen) / n_in**0.5
+    spline_weight = torch.randn(n_out, n_in, grid_size + order, generator=gen) * 0.5 / n_in**0.5
+    spline_scaler = 1 + 0.5 * torch.randn(n_out, n_in, generator=gen) if scaler else None
+    dy = torch.randn(rows, n_out, generator=gen)
     cast = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
     return dict(x=cast(x), grid=grid.to(device), base_weight=cast(base_weight), spline_weight=cast(spline_weight),
                 spline_scaler=cast(spline_scaler), spline_order=order), cast(dy)
@@ -104,7 +105,7 @@ def _reference_with_grads(args, dy, reference=bspline_kan_reference):
 def _assert_matches_reference(args, dy, tol, reference=bspline_kan_reference):
     y, grads = _triton_with_grads(args, dy)
     y_ref, grads_ref = _reference_with_grads(args, dy, reference)
-    assert y.dtype == args["x"].dtype and y.shape == (args["x"].shape[0], N_OUT)
+    assert y.dtype == args["x"].dtype and y.shape == (args["x"].shape[0], args["base_weight"].shape[0])
     errors = {"y": _rel_error(y, y_ref)}
     for name, grad in grads.items():
         assert grad.dtype == args[name].dtype and grad.shape == args[name].shape, name
@@ -147,12 +148,33 @@ def test_many_blocks_partial_chunks_and_split_rows(device, monkeypatch):
     """Several tiles along every axis, a last chunk past the final basis, and the weight
     gradient split over row slices whose partial sums PyTorch adds."""
     kernels = _kernels()
-    # 37 rows, 19 inputs and 23 outputs all span two blocks. CHUNK 3 with G + k = 4 bases:
-    # the second chunk runs two bases past the end.
-    monkeypatch.setattr(kernels, "_INTERPRETER_CONFIG", kernels._config(32, 16, 16, 3, 1, 1))
-    monkeypatch.setattr(kernels, "_grad_weight_splits", lambda *shape: 2)
-    args, dy = _make_case(torch.float32, device, grid_size=3, order=1)
+    # 16-wide blocks: 37 rows, 19 inputs and 23 outputs span two or three blocks each.
+    # CHUNK 3 with G + k = 5 bases: the second chunk runs one basis past the end.
+    monkeypatch.setattr(kernels, "_INTERPRETER_CONFIG", kernels._config(16, 16, 16, 3, 1, 1))
+    monkeypatch.setattr(kernels, "_grad_weight_splits", lambda *shape: 3)
+    args, dy = _make_case(torch.float32, device, grid_size=3, order=2)
     _assert_matches_reference(args, dy, TOLERANCE[torch.float32])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiles every autotuning config for the GPU")
+@pytest.mark.parametrize("kind", ["bf16", "fp32", "tf32"])
+@pytest.mark.parametrize("kernel", ["forward", "grad_input", "grad_weight"])
+def test_every_autotuning_config_on_gpu(kernel, kind, monkeypatch):
+    """Each config of one kernel, pinned in turn, at a shape that spans several of its tiles
+    (the other two kernels run their small fixed config)."""
+    kernels = _kernels()
+    configs = {"forward": kernels._FORWARD_CONFIGS, "grad_input": kernels._GRAD_INPUT_CONFIGS,
+               "grad_weight": kernels._GRAD_WEIGHT_CONFIGS}[kernel]
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", kind == "tf32")
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+    tolerance = {"bf16": TOLERANCE[torch.bfloat16], "fp32": TOLERANCE[torch.float32], "tf32": 5e-3}[kind]
+    args, dy = _make_case(dtype, "cuda", rows=300, n_in=70, n_out=150)
+    for config in configs["fma" if kind == "fp32" else "tensor_cores"]:
+        monkeypatch.setitem(kernels.PINNED_CONFIGS, kernel, config)
+        try:
+            _assert_matches_reference(args, dy, tolerance)
+        except AssertionError as error:
+            raise AssertionError(f"{kernel} {config}: {error}") from None
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -171,22 +193,25 @@ def test_only_some_inputs_need_gradients(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_nothing_basis_sized_is_saved_for_backward(device):
-    """Only x, the knots and the parameters are saved; efficient-kan's formulation (the
-    reference) saves (M, in, G + k) intermediates, which the same check catches."""
+def test_saved_for_backward_grows_only_with_x(device):
+    """Doubling the batch grows what is saved for backward by exactly x: the rest is the
+    parameters and the small knot table. efficient-kan's formulation (the reference) saves
+    (M, in, G + k) intermediates, which the same measurement catches."""
     grid_size, order = 5, 3
-    basis_numel = ROWS * N_IN * (grid_size + order)
-    assert N_OUT < ROWS  # so the (out, in, G + k) spline weight is smaller than the basis
 
-    def largest_saved(fn, args):
+    def saved_numel(fn, rows):
+        args, _ = _make_case(torch.float32, device, grid_size, order, rows=rows)
+        leaves = {n: args[n].clone().requires_grad_() for n in _differentiable(args)}
         sizes = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            fn(**{**args, **{n: args[n].clone().requires_grad_() for n in _differentiable(args)}})
-        return max(sizes)
+            fn(**{**args, **leaves})
+        return sum(sizes)
 
-    args, _ = _make_case(torch.float32, device, grid_size, order)
-    assert largest_saved(bspline_kan_reference, args) >= basis_numel  # the check can fail
-    assert largest_saved(_kernels().bspline_kan_triton, args) < basis_numel
+    added_rows = ROWS
+    growth = saved_numel(_kernels().bspline_kan_triton, 2 * ROWS) - saved_numel(_kernels().bspline_kan_triton, ROWS)
+    assert growth == added_rows * N_IN  # x itself
+    reference_growth = saved_numel(bspline_kan_reference, 2 * ROWS) - saved_numel(bspline_kan_reference, ROWS)
+    assert reference_growth >= added_rows * N_IN * (grid_size + order)  # the check can fail
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -279,6 +304,7 @@ def test_tensors_on_different_devices_raise():
 def test_kernel_supports():
     kernels = _kernels()
     assert kernels.kernel_supports(5, 3) and kernels.kernel_supports(100, 3) and kernels.kernel_supports(1, 0)
+    assert kernels.kernel_supports(5, 3, torch.bfloat16) and not kernels.kernel_supports(5, 3, torch.float64)
     assert not kernels.kernel_supports(0, 3) and not kernels.kernel_supports(5, kernels.MAX_SPLINE_ORDER + 1)
 
 

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not in
 DEVICES = (["cpu"] if interpret_mode() else []) + (["cuda"] if torch.cuda.is_available() else [])
 
 # Relative error ||got - want|| / ||want|| allowed against the float64 reference that is
-# computed from the *same rounded* inputs. fp32 with exact ("ieee") products only
-# accumulates rounding over K = in * degree terms: ~3e-7 measured, 1e-5 allowed. bf16
-# rounds every feature and the output to 8 significant bits (2**-8 ~ 4e-3): 1e-2 allowed;
-# ~5e-3 measured in the interpreter, whose fp32 -> bf16 cast truncates instead of rounding.
+# computed from the *same rounded* inputs. fp32 with near-exact products (the default
+# "tf32x3", or "ieee") only accumulates rounding over K = in * degree terms: below 1e-6
+# measured, 1e-5 allowed. bf16 rounds every feature and the output to 8 significant bits
+# (2**-8 ~ 4e-3): 1e-2 allowed; ~5e-3 measured in the interpreter, whose fp32 -> bf16 cast
+# truncates instead of rounding. (The interpreter ignores input_precision: NumPy products.)
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
@@ -79,18 +80,49 @@ SHAPES = [(device, (37, 19, 23)) for device in DEVICES] + [
 @pytest.mark.parametrize("degree", [0, 1, 3, 5])
 def test_forward_and_gradients_match_float64_reference(device, shape, dtype, degree):
     x, coeffs, dy = _make_inputs(*shape, degree, dtype, device)
-    y, dx, dc = _triton_with_grads(x, coeffs, dy, input_precision="ieee")
+    y, dx, dc = _triton_with_grads(x, coeffs, dy, input_precision="tf32x3")  # the fp32 default
     y_ref, dx_ref, dc_ref = _reference_with_grads(x, coeffs, dy)
 
     assert y.dtype == dx.dtype == dc.dtype == dtype
     assert y.shape == y_ref.shape and dx.shape == x.shape and dc.shape == coeffs.shape
     tol = TOLERANCE[dtype]
-    assert _rel_error(y, y_ref) < tol
-    assert _rel_error(dc, dc_ref) < tol
+    # All three errors in every message: a failure then says which kernels are off, and by how much.
+    errors = {"y": _rel_error(y, y_ref), "dx": _rel_error(dx, dx_ref), "dcoeffs": _rel_error(dc, dc_ref)}
+    assert errors["y"] < tol, errors
+    assert errors["dcoeffs"] < tol, errors
     if degree == 0:
         assert torch.count_nonzero(dx) == 0  # T_0 = 1 does not depend on x
     else:
-        assert _rel_error(dx, dx_ref) < tol
+        assert errors["dx"] < tol, errors
+
+
+@pytest.mark.skipif(not interpret_mode(), reason="on CUDA the autotuner tries both dx variants")
+@pytest.mark.parametrize("variant", ["one degree per pass", "all degrees at once"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_both_dx_kernel_variants_match_reference(monkeypatch, variant, dtype):
+    """The dx kernel has two code paths (see its docstring); under the interpreter only one
+    config exists, so each path is swapped in here in turn."""
+    import labkit.kan.triton_chebyshev as module
+
+    monkeypatch.setattr(module._chebykan_dx_kernel, "configs", module.DX_INTERPRETER_VARIANTS[variant])
+    x, coeffs, dy = _make_inputs(37, 19, 23, 4, dtype, "cpu")
+    _, dx, _ = _triton_with_grads(x, coeffs, dy, input_precision="ieee")
+    _, dx_ref, _ = _reference_with_grads(x, coeffs, dy)
+    assert _rel_error(dx, dx_ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.skipif(not interpret_mode(), reason="on CUDA the autotuner tries both dcoeffs variants")
+@pytest.mark.parametrize("variant", ["one degree per program", "all degrees at once"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_both_dcoeffs_kernel_variants_match_reference(monkeypatch, variant, dtype):
+    """Like the dx test above, for the two code paths of the dcoeffs kernel."""
+    import labkit.kan.triton_chebyshev as module
+
+    monkeypatch.setattr(module._chebykan_dcoeffs_kernel, "configs", module.DW_INTERPRETER_VARIANTS[variant])
+    x, coeffs, dy = _make_inputs(37, 19, 23, 4, dtype, "cpu")
+    _, _, dc = _triton_with_grads(x, coeffs, dy, input_precision="ieee")
+    _, _, dc_ref = _reference_with_grads(x, coeffs, dy)
+    assert _rel_error(dc, dc_ref) < TOLERANCE[dtype]
 
 
 # exp(-2|x|) underflows to 0 on purpose for huge |x|; the interpreter's NumPy warns about it.
@@ -161,11 +193,11 @@ def test_input_precision_follows_torch_tf32_switch():
     matmul = torch.backends.cuda.matmul
     before = matmul.allow_tf32
     try:
-        matmul.allow_tf32 = False
-        assert resolve_input_precision(torch.float32) == "ieee"
+        matmul.allow_tf32 = False  # PyTorch's default: near-fp32 accuracy, on tensor cores
+        assert resolve_input_precision(torch.float32) == "tf32x3"
         matmul.allow_tf32 = True
         assert resolve_input_precision(torch.float32) == "tf32"
-        assert resolve_input_precision(torch.float32, "tf32x3") == "tf32x3"  # an explicit choice wins
+        assert resolve_input_precision(torch.float32, "ieee") == "ieee"  # an explicit choice wins
         assert resolve_input_precision(torch.bfloat16) == "ieee"  # ignored for 16-bit operands
     finally:
         matmul.allow_tf32 = before
@@ -210,7 +242,18 @@ def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
 def test_gpu_selfcheck_script_runs(capsys):
     from labkit.kan.triton_chebyshev import _selfcheck
 
-    _selfcheck(rows=12, in_features=5, out_features=7, degree=2, fp32_precisions=("ieee",), device="cpu")
+    _selfcheck(rows=12, in_features=5, out_features=7, degree=2, fp32_precisions=("tf32x3",), device="cpu")
     printed = capsys.readouterr().out
     assert printed.count("max rel err") == 2  # fp32 and bf16
     assert "Linear+GELU" in printed
+
+
+@pytest.mark.skipif(not interpret_mode(), reason="CPU smoke run of the GPU script; on a GPU run the script itself")
+def test_kernel_profile_script_runs(capsys):
+    from labkit.kan.triton_chebyshev import profile_kernels
+
+    profile_kernels(rows=12, in_features=5, out_features=7, degree=2, dtype=torch.float32, device="cpu")
+    printed = capsys.readouterr().out
+    for kernel in ("forward", "dx", "tanh", "dcoeffs"):
+        assert f"{kernel}:" in printed
+    assert printed.count("TFLOP/s") == 3

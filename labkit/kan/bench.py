@@ -149,13 +149,14 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
 def sweeps(device: torch.device, dtype: str = "bf16", repeats: int = 20) -> list[dict]:
     """Vary one size at a time around the headline shape; each point also times Linear+GELU."""
     points = []
+    # The headline shape (4096 x 768 -> 3072, G=5, degree 3) is the middle point of every sweep.
     for b in (1024, 4096, 16384):
         points.append(("batch", b, 768, 3072, {}))
-    for w in (256, 512, 1024):
+    for w in (384, 768, 1024):
         points.append(("width", 4096, w, 4 * w, {}))
-    for g in (3, 10, 20):
+    for g in (3, 5, 10):
         points.append(("grid_size", 4096, 768, 3072, {"grid_size": g}))
-    for d in (1, 5, 8):
+    for d in (1, 3, 6):
         points.append(("degree", 4096, 768, 3072, {"degree": d}))
     out = []
     for name, b, d_in, d_out, extra in tqdm(points, desc="kan sweeps"):
@@ -173,3 +174,40 @@ def sweeps(device: torch.device, dtype: str = "bf16", repeats: int = 20) -> list
             out.append({"sweep": name, **measure(impl, dtype, b, d_in, d_out, device, repeats, **shape)})
     # Sweep points of the same size are told apart by their grid size / degree too.
     return out
+
+
+def plot_headline(results: dict, path=None):
+    """Bar chart of the headline rows: time and peak memory relative to Linear+GELU, per dtype."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["results"] if r["sweep"] == "headline" and r["status"] == "ok"]
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, key, label in ((axes[0], "time_vs_linear", "time"), (axes[1], "mem_vs_linear", "peak memory")):
+        for j, dtype in enumerate(DTYPES):
+            vals = {r["impl"]: r.get(key, float("nan")) for r in rows if r["dtype"] == dtype}
+            ys = [i + 0.4 * j for i in range(len(impls))]
+            ax.barh(ys, [vals.get(i, float("nan")) for i in impls], height=0.4, label=dtype)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel(f"{label} / Linear+GELU (log scale)")
+    axes[0].set_yticks([i + 0.2 for i in range(len(impls))], impls)
+    axes[0].invert_yaxis()
+    axes[0].legend()
+    env = results["environment"]
+    fig.suptitle(f"one KAN layer, forward+backward, {results['config']['rows']}x{results['config']['in']}"
+                 f"->{results['config']['out']}, {env['device']}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+if __name__ == "__main__":  # python -m labkit.kan.bench OUT.png: plot the committed GPU results
+    import sys
+
+    from labkit.bench.harness import load_results
+
+    plot_headline(load_results("kan"), sys.argv[1] if len(sys.argv) > 1 else "kan_bench.png")
