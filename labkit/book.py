@@ -56,6 +56,22 @@ def run_problems(nb) -> list[str]:
     return problems
 
 
+def missing_figures(nb) -> list[int]:
+    """Code cells that draw a matplotlib figure but stored no image.
+
+    That happens when a notebook is executed with a non-inline backend (``MPLBACKEND=Agg``).
+    Cells that display widgets are skipped: their figures live in the widget state.
+    """
+    missing = []
+    for i, cell in enumerate(nb.cells):
+        if cell["cell_type"] != "code" or not ("plt.subplots(" in cell.source or "plt.figure(" in cell.source):
+            continue
+        kinds = [key for out in cell.get("outputs", ()) for key in out.get("data", {})]
+        if "image/png" not in kinds and "application/vnd.jupyter.widget-view+json" not in kinds:
+            missing.append(i)
+    return missing
+
+
 def paired_ipynb(py_path: Path) -> Path:
     return Path(py_path).with_suffix(".ipynb")
 
@@ -78,6 +94,9 @@ def check_pairs(notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
         if not same_cells(src, stored):
             problems.append(f"{py.name}: cells differ from {ipynb.name} (re-execute it, or jupytext --sync)")
         problems += [f"{ipynb.name}: {p}" for p in run_problems(stored)]
+        if missing := missing_figures(stored):
+            # A warning for now: the committed chapter-1 run predates the fix in execute().
+            print(f"WARN {ipynb.name}: cells {missing} made figures but stored no image; re-execute on a GPU")
     for ipynb in sorted(notebook_dir.glob("*.ipynb")):
         if not ipynb.with_suffix(".py").exists():
             problems.append(f"{ipynb.name} has no .py source")
@@ -125,6 +144,9 @@ def execute(py_path: Path, profile: str, timeout: int = 1200, kernel: str = "pyt
     py_path = Path(py_path).resolve()
     nb = jupytext.read(py_path, fmt=PY_FMT)
     os.environ["LABKIT_PROFILE"] = profile  # the kernel inherits the environment
+    # A non-interactive MPLBACKEND (Agg, set by many CI scripts) would stop the kernel's
+    # inline backend from storing figures: the .ipynb would hold "<Figure ...>" text only.
+    os.environ.pop("MPLBACKEND", None)
     start = time.perf_counter()
     client = NotebookClient(
         nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(py_path.parent)}}
