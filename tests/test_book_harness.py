@@ -36,8 +36,8 @@ def _make_book(tmp_path: Path, notebook: str) -> Path:
     (book / "intro.md").write_text("# Intro\n")
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: notebooks/page\n")
     (book / "notebooks" / "page.py").write_text(notebook)
-    # The project's config names a bibliography and a repository; keep the bib resolvable.
-    (book / "book").mkdir()
+    # The project's config names a bibliography and a static folder; keep both resolvable.
+    (book / "book" / "_static").mkdir(parents=True)
     shutil.copy(REPO / "book" / "references.bib", book / "book" / "references.bib")
     return book
 
