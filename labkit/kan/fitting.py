@@ -48,7 +48,8 @@ TOY_FUNCTIONS: dict[str, ToyFunction] = {
     "exp_sin_4d": ToyFunction(
         4,
         lambda x: torch.exp(
-            0.5 * (torch.sin(math.pi * (x[:, 0] ** 2 + x[:, 1] ** 2)) + torch.sin(math.pi * (x[:, 2] ** 2 + x[:, 3] ** 2)))
+            0.5 * (torch.sin(math.pi * (x[:, 0] ** 2 + x[:, 1] ** 2))
+                   + torch.sin(math.pi * (x[:, 2] ** 2 + x[:, 3] ** 2)))
         ),
         "exp((sin(pi (x1^2 + x2^2)) + sin(pi (x3^2 + x4^2))) / 2)",
         (4, 2, 1, 1),
@@ -329,7 +330,7 @@ def make_mlp(widths: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn
 
 
 def mlp_matching(n_target: int, d_in: int, d_out: int = 1, depth: int = 2) -> list[int]:
-    """Widths ``[d_in, h, ..., h, d_out]`` (``depth`` hidden layers) whose parameter count is closest to ``n_target``."""
+    """Widths ``[d_in, h, ..., h, d_out]`` (``depth`` hidden layers), parameter count closest to ``n_target``."""
     def count(h: int) -> int:
         return (d_in + 1) * h + (depth - 1) * (h + 1) * h + (h + 1) * d_out
 

@@ -130,7 +130,8 @@ class KANLinear(nn.Module):
             # G + 1 interior knots (underdetermined: gelsd returns the minimum-norm fit).
             k = self.spline_order
             points = self.grid.T[k:-k]  # (G+1, in)
-            noise = (torch.rand(points.shape[0], self.in_features, self.out_features) - 0.5) * scale_noise / self.grid_size
+            noise = torch.rand(points.shape[0], self.in_features, self.out_features) - 0.5
+            noise *= scale_noise / self.grid_size
             coeff = self.curve2coeff(points, noise)
             self.spline_weight.copy_(coeff if self.spline_scaler is not None else coeff * scale_spline)
         if self.spline_scaler is not None:
@@ -200,7 +201,8 @@ class KANLinear(nn.Module):
         quantile_rows = torch.linspace(0, x.shape[0] - 1, self.grid_size + 1, device=x.device).long()
         adaptive = x_sorted[quantile_rows]  # (G+1, in)
         step = (x_sorted[-1] - x_sorted[0] + 2 * margin) / self.grid_size  # (in,)
-        uniform = x_sorted[0] - margin + step * torch.arange(self.grid_size + 1, device=x.device, dtype=x.dtype)[:, None]
+        knot_index = torch.arange(self.grid_size + 1, device=x.device, dtype=x.dtype)[:, None]
+        uniform = x_sorted[0] - margin + step * knot_index
         interior = self.grid_eps * uniform + (1 - self.grid_eps) * adaptive
         self.grid.copy_(self._extend_knots(interior.T, step))
         self.spline_weight.copy_(self.curve2coeff(x, target))
