@@ -28,12 +28,6 @@ from labkit.kan import ops, reference
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def uniform_grid(in_features: int, grid_size: int, spline_order: int, device, lo=-1.0, hi=1.0) -> torch.Tensor:
-    h = (hi - lo) / grid_size
-    knots = torch.arange(-spline_order, grid_size + spline_order + 1, device=device, dtype=torch.float32) * h + lo
-    return knots.expand(in_features, -1).contiguous()
-
-
 def _param(*shape, device, scale=1.0) -> torch.nn.Parameter:
     return torch.nn.Parameter(torch.randn(*shape, device=device) * scale)
 
@@ -45,7 +39,7 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         return (lambda x: F.gelu(lin(x))), list(lin.parameters())
     if impl.startswith("bspline"):
         n_basis = grid_size + spline_order
-        grid = uniform_grid(d_in, grid_size, spline_order, device)
+        grid = reference.uniform_knots(d_in, grid_size, spline_order, dtype=torch.float32, device=device)
         wb = _param(d_out, d_in, device=device, scale=1 / math.sqrt(d_in))
         ws = _param(d_out, d_in, n_basis, device=device, scale=0.1 / math.sqrt(d_in))
         sc = _param(d_out, d_in, device=device, scale=1.0)

@@ -108,12 +108,7 @@ class KANLinear(nn.Module):
         self.backend = "auto"
         self.check_inputs = True
 
-        # Uniform knots on grid_range, extended by k knots on each side so that every
-        # point of grid_range is covered by k + 1 full-order bases.
-        lo, hi = grid_range
-        step = (hi - lo) / grid_size
-        knots = lo + step * torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.get_default_dtype())
-        self.register_buffer("grid", knots.expand(in_features, -1).contiguous())
+        self.register_buffer("grid", reference.uniform_knots(in_features, grid_size, spline_order, tuple(grid_range)))
 
         self.base_weight = nn.Parameter(torch.empty(out_features, in_features))
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order))

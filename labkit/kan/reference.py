@@ -19,6 +19,23 @@ import torch
 import torch.nn.functional as F
 
 
+def uniform_knots(
+    in_features: int,
+    grid_size: int,
+    spline_order: int,
+    grid_range: tuple[float, float] = (-1.0, 1.0),
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Knot vectors (in_features, G + 2k + 1): G uniform intervals on ``grid_range``, extended
+    by k knots on each side so that every point of the range is covered by k + 1 full bases."""
+    lo, hi = grid_range
+    step = (hi - lo) / grid_size
+    index = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=dtype or torch.get_default_dtype(),
+                         device=device)
+    return (lo + step * index).expand(in_features, -1).contiguous()
+
+
 def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
     """B-spline bases of order ``spline_order`` on a per-input knot vector.
 

@@ -785,14 +785,13 @@ def _selfcheck(rows: int = 4096, n_in: int = 768, n_out: int = 3072, grid_size: 
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    from labkit.kan.reference import bspline_kan_reference
+    from labkit.kan.reference import bspline_kan_reference, uniform_knots
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("the self-check needs a CUDA GPU")
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
-    steps = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float32) / grid_size
-    grid = (2 * steps - 1).expand(n_in, -1).contiguous().to(device)  # efficient-kan's grid on [-1, 1]
+    grid = uniform_knots(n_in, grid_size, spline_order, dtype=torch.float32, device=device)  # on [-1, 1]
     bound = n_in**-0.5
     params = {
         "x": 0.6 * torch.randn(rows, n_in, generator=gen),  # ~10% outside [-1, 1]
