@@ -18,7 +18,8 @@ for step in "$@"; do
              python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" ;;
         tests) python3 -m pytest tests -q -x -p no:cacheprovider --ignore=tests/test_book_harness.py 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
         bench-kan) python3 -m labkit.bench kan 2>&1 | tee "$OUT/bench_kan.log" | tail -60
-                   cp bench/results/*/kan.json "$OUT/" ;;
+                   python3 -m labkit.bench kan-sweeps 2>&1 | tee -a "$OUT/bench_kan.log" | tail -5
+                   cp bench/results/*/kan*.json "$OUT/" ;;
         notebooks) python3 -m labkit.book execute --profile full 2>&1 | tee "$OUT/notebooks.log" | tail -20
                    cp notebooks/*.ipynb "$OUT/" ;;
         *) python3 -m "$step" 2>&1 | tee -a "$OUT/steps.log" | tail -40 ;;

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -56,15 +57,20 @@ def run_problems(nb) -> list[str]:
     return problems
 
 
+# A cell draws a figure when it opens one with pyplot or calls a plotting helper such as
+# ``labkit.kan.bench.plot_sweeps``: every labkit helper named ``plot_*`` draws one.
+_DRAWS_A_FIGURE = re.compile(r"\bplt\.(subplots|figure)\(|(?<!def )\bplot_\w+\(")
+
+
 def missing_figures(nb) -> list[int]:
-    """Code cells that draw a matplotlib figure but stored no image.
+    """Indices of the code cells that draw a matplotlib figure but stored no image.
 
     That happens when a notebook is executed with a non-inline backend (``MPLBACKEND=Agg``).
     Cells that display widgets are skipped: their figures live in the widget state.
     """
     missing = []
     for i, cell in enumerate(nb.cells):
-        if cell["cell_type"] != "code" or not ("plt.subplots(" in cell.source or "plt.figure(" in cell.source):
+        if cell["cell_type"] != "code" or not _DRAWS_A_FIGURE.search(cell.source):
             continue
         kinds = [key for out in cell.get("outputs", ()) for key in out.get("data", {})]
         if "image/png" not in kinds and "application/vnd.jupyter.widget-view+json" not in kinds:
@@ -76,11 +82,16 @@ def paired_ipynb(py_path: Path) -> Path:
     return Path(py_path).with_suffix(".ipynb")
 
 
-def check_pairs(notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
-    """Every ``.py`` notebook has an ``.ipynb`` with the same cells and a complete full-profile run."""
+def check_pairs(notebook_dir: Path | None = None) -> list[str]:
+    """Every ``.py`` notebook has an ``.ipynb`` with the same cells, a complete full-profile run,
+    and an image stored by every cell that draws a figure. Returns the problems ([] if none).
+
+    ``notebook_dir`` defaults to the repository's ``notebooks/``.
+    """
     import jupytext
     import nbformat
 
+    notebook_dir = Path(notebook_dir or NOTEBOOK_DIR)
     problems = []
     sources = sorted(notebook_dir.glob("*.py"))
     if not sources:
@@ -95,8 +106,11 @@ def check_pairs(notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
             problems.append(f"{py.name}: cells differ from {ipynb.name} (re-execute it, or jupytext --sync)")
         problems += [f"{ipynb.name}: {p}" for p in run_problems(stored)]
         if missing := missing_figures(stored):
-            # A warning for now: the committed chapter-1 run predates the fix in execute().
-            print(f"WARN {ipynb.name}: cells {missing} made figures but stored no image; re-execute on a GPU")
+            problems.append(
+                f"{ipynb.name}: code cells {missing} (0-based, markdown included) draw a figure but stored no "
+                f"image; re-execute it on the GPU with `python -m labkit.book execute --profile full "
+                f"notebooks/{py.name}` in an environment without MPLBACKEND=Agg (the inline backend stores images)"
+            )
     for ipynb in sorted(notebook_dir.glob("*.ipynb")):
         if not ipynb.with_suffix(".py").exists():
             problems.append(f"{ipynb.name} has no .py source")

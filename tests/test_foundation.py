@@ -91,3 +91,80 @@ def test_read_notebook_uses_a_matching_complete_pair(tmp_path, monkeypatch):
     assert nb.metadata["mystnb"]["execution_mode"] == "off" and nb.cells[1].outputs[0]["text"] == "42\n"
     changed = book.read_notebook(text.replace("print(42)", "print(43)"))
     assert "mystnb" not in changed.metadata and not changed.cells[1].get("outputs")
+
+
+def _write_pair(directory, code: str, outputs=()):
+    """A notebook pair in ``directory``: page.py and page.ipynb with one executed code cell."""
+    import jupytext
+
+    stored = _nb(code, outputs, count=1)
+    nbformat.write(stored, directory / "page.ipynb")
+    (directory / "page.py").write_text(jupytext.writes(stored, fmt="py:percent"))
+
+
+def test_check_fails_on_a_figure_cell_without_an_image(tmp_path, monkeypatch, capsys):
+    _write_pair(tmp_path, "fig, ax = plt.subplots()")
+    problems = book.check_pairs(tmp_path)
+    assert len(problems) == 1
+    assert "page.ipynb" in problems[0] and "cells [1]" in problems[0]
+    assert "python -m labkit.book execute --profile full notebooks/page.py" in problems[0]
+    assert "MPLBACKEND=Agg" in problems[0]
+    # The command line exits non-zero and prints the problem.
+    monkeypatch.setattr(book, "NOTEBOOK_DIR", tmp_path)
+    assert book.main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL page.ipynb: code cells [1]" in out and "1 problem(s)" in out
+
+
+def test_check_passes_a_pair_with_its_figures(tmp_path, monkeypatch, capsys):
+    png = nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})
+    _write_pair(tmp_path, "plot_sweeps(bench);", [png])
+    assert book.check_pairs(tmp_path) == []
+    monkeypatch.setattr(book, "NOTEBOOK_DIR", tmp_path)
+    assert book.main(["check"]) == 0 and "pairs ok" in capsys.readouterr().out
+
+
+def test_missing_figures_sees_plot_helpers():
+    assert book.missing_figures(_nb("plot_sweeps(bench);", count=1)) == [1]
+    assert book.missing_figures(_nb("from labkit.kan.bench import plot_sweeps", count=1)) == []
+    assert book.missing_figures(_nb("def plot_grid(ax):\n    pass", count=1)) == []
+
+
+def _sweep_rows():
+    """Synthetic ``kan`` results: every sweep, two sizes each, Linear+GELU and both kernels."""
+    rows = [{"sweep": "headline", "impl": "linear_gelu", "dtype": "bf16", "rows": 64, "in": 8, "out": 32,
+             "median_ms": 1.0, "peak_mib": 1.0, "status": "ok"}]
+    sizes = {"batch": ("rows", (1024, 4096)), "width": ("in", (384, 768)),
+             "grid_size": ("grid_size", (3, 5)), "degree": ("degree", (1, 3))}
+    for sweep, (key, values) in sizes.items():
+        for value in values:
+            for impl in ("linear_gelu", "bspline_labkit", "cheby_labkit"):
+                row = {"sweep": sweep, "impl": impl, "dtype": "bf16", "rows": 4096, "in": 768, "out": 3072,
+                       "median_ms": value / 100, "peak_mib": value / 10, "status": "ok"}
+                if impl != "linear_gelu" or key in ("rows", "in"):
+                    row[key] = value
+                rows.append(row)
+    rows.append({**rows[-1], "status": "out of memory", "median_ms": None})  # not drawn
+    return {"results": rows}
+
+
+def test_plot_sweeps_draws_every_sweep(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.kan.bench import plot_sweeps
+
+    fig = plot_sweeps(_sweep_rows(), tmp_path / "sweeps.png")
+    axes = fig.axes
+    assert len(axes) == 8 and (tmp_path / "sweeps.png").stat().st_size > 0
+    sweeps = ("batch", "width", "grid_size", "degree")
+    assert [ax.get_title() for ax in axes[:4]] == [f"time vs {s} (bf16)" for s in sweeps]
+    # Linear+GELU has no grid size or degree: drawn in the batch and width sweeps only.
+    assert [len(ax.get_lines()) for ax in axes[:4]] == [3, 3, 2, 2]
+    batch_line = axes[0].get_lines()[0]
+    assert list(batch_line.get_xdata()) == [1024, 4096] and list(batch_line.get_ydata()) == [10.24, 40.96]
+    assert axes[4].get_lines()[0].get_ydata()[1] == pytest.approx(409.6)  # memory row
+    plt.close(fig)
+    assert plot_sweeps({"results": _sweep_rows()["results"][:1]}) is None  # headline only: nothing to draw

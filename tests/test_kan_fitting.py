@@ -63,6 +63,8 @@ def test_quick_grid_extension_reaches_its_target():
     test_rmse = [row["test_rmse"] for row in result.rows]
     assert test_rmse[-1] <= 2e-3  # measured 4.6e-4 (pykan's docs: 3.3e-4)
     assert test_rmse[0] > test_rmse[1] > test_rmse[2]  # the staircase goes down
+    # The float64 fit needs float64 knots: the grid follows the model's cast to float64.
+    assert all(layer.grid.dtype == torch.float64 for layer in result.model.layers)
 
 
 def test_baselines_build_and_train():

@@ -269,3 +269,140 @@ def test_triton_backend_matches_torch(kind):
     expected = layer(x)
     layer.backend = "triton"
     torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------ dtype of the knots
+HALF_DTYPES = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["bf16", "fp16"])
+def test_16_bit_layer_keeps_float32_knots(dtype):
+    torch.manual_seed(0)
+    layer = KANLinear(4, 3, grid_size=5, spline_order=3)
+    knots = layer.grid.clone()
+    half = KANLinear(4, 3)
+    half.load_state_dict(layer.state_dict())
+    half.to(dtype)
+    assert half.base_weight.dtype == half.spline_weight.dtype == half.spline_scaler.dtype == dtype
+    assert half.grid.dtype == torch.float32 and torch.equal(half.grid, knots)
+    # Rounded to 16 bits, the same knots would move: that is what the float32 buffer avoids.
+    assert not torch.equal(knots.to(dtype).float(), knots)
+    # Through .half() / .bfloat16() as well, and in a KAN (children are cast through the same hook).
+    assert KANLinear(4, 3).bfloat16().grid.dtype == KANLinear(4, 3).half().grid.dtype == torch.float32
+    assert all(lay.grid.dtype == torch.float32 for lay in KAN([2, 3, 1]).to(dtype).layers)
+
+
+def test_float64_layer_has_float64_knots_from_the_unrounded_ones():
+    layer = KANLinear(4, 3)
+    knots = layer.grid.clone()
+    assert layer.double().grid.dtype == torch.float64
+    # float32 -> bf16 -> float64: the knots come back exact, they never went through 16 bits.
+    round_trip = KANLinear(4, 3).bfloat16().double()
+    assert round_trip.grid.dtype == torch.float64 and torch.equal(round_trip.grid, knots.double())
+    assert round_trip.float().grid.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["bf16", "fp16"])
+def test_16_bit_layer_computes_like_the_float32_layer(dtype, backend):
+    """Forward and backward of a 16-bit layer (float32 knots): output in 16 bits, close to fp32.
+
+    ``auto`` is the Triton kernel under TRITON_INTERPRET=1 (or on CUDA), the PyTorch path otherwise.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    layer = KANLinear(8, 4).to(device)
+    with torch.no_grad():
+        layer.spline_weight.normal_()  # make the splines matter, as after training
+    half = KANLinear(8, 4).to(device)
+    half.load_state_dict(layer.state_dict())
+    half.to(dtype)
+    half.backend = layer.backend = backend
+    x = torch.rand(32, 8, device=device) * 2 - 1
+    y = half(x.to(dtype))
+    assert y.dtype == dtype
+    expected = layer(x)
+    assert rel_change(y.float(), expected) < 2e-2
+    y.float().square().sum().backward()
+    for p in (half.base_weight, half.spline_weight, half.spline_scaler):
+        assert p.grad.dtype == dtype and torch.isfinite(p.grad.float()).all()
+    assert half.grid.grad is None and half.grid.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["bf16", "fp16"])
+def test_16_bit_layer_state_dict_round_trips(dtype):
+    torch.manual_seed(0)
+    half = KANLinear(4, 3).to(dtype)
+    state = half.state_dict()
+    assert state["grid"].dtype == torch.float32
+    again = KANLinear(4, 3).to(dtype)
+    again.load_state_dict(state)
+    for name, value in again.state_dict().items():
+        assert value.dtype == state[name].dtype and torch.equal(value, state[name]), name
+    x = (torch.rand(16, 4) * 2 - 1).to(dtype)
+    again.backend = half.backend = "torch"
+    assert torch.equal(again(x), half(x))
+    # Into a float32 layer: the knots arrive exact.
+    full = KANLinear(4, 3)
+    full.load_state_dict(state)
+    assert torch.equal(full.grid, state["grid"])
+
+
+def test_16_bit_layer_grid_changes_keep_float32_knots():
+    torch.manual_seed(0)
+    layer = torch_layer(4, 3).to(torch.bfloat16)
+    x = (torch.rand(256, 4) * 1.6 - 0.8).to(torch.bfloat16)
+    layer.update_grid(x)
+    assert layer.grid.dtype == torch.float32
+    # The outer knots sit at min - margin * grid_eps, computed in float32 (0.01 * 0.02 is below bf16's resolution).
+    torch.testing.assert_close(layer.grid[:, 3], x.float().min(0).values - 0.02 * 0.01)
+    layer.extend_grid(8, x)
+    assert layer.grid.dtype == torch.float32 and layer.grid.shape == (4, 8 + 7)
+    assert layer.spline_weight.dtype == torch.bfloat16
+    assert layer(x).dtype == torch.bfloat16
+
+
+# ------------------------------------------------ kernel accuracy check
+def test_kernel_errors_are_small_and_complete():
+    from labkit.backend import interpret_mode, triton_available
+    from labkit.kan import checks
+
+    if not triton_available() or not (torch.cuda.is_available() or interpret_mode()):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = checks.kernel_errors(device, rows=20, d_in=6, d_out=10)  # tiny: the interpreter runs programs in NumPy
+    assert [(r.layer, r.dtype) for r in rows] == [
+        ("B-spline", "float32"), ("Chebyshev", "float32"), ("B-spline", "bfloat16"), ("Chebyshev", "bfloat16")
+    ]
+    for r in rows:
+        tol = 1e-5 if r.dtype == "float32" else 2e-2
+        # Above 0: the kernels are really compared with something that differs (float64 vs fp32/bf16).
+        assert 0 < r.output < tol and 0 < r.worst_gradient < tol, r
+
+
+def test_kernel_errors_default_size_compiles_one_config():
+    """The defaults stay below the size where the B-spline kernels start to autotune, and the
+    Chebyshev kernels' autotuning is off inside the check, and restored afterwards (even on an error)."""
+    import inspect
+
+    pytest.importorskip("triton")
+    from labkit.kan import checks, triton_bspline, triton_chebyshev
+
+    defaults = {k: v.default for k, v in inspect.signature(checks.kernel_errors).parameters.items()}
+    features = defaults["grid_size"] + defaults["spline_order"] + 1  # SiLU + G + k B-splines per input
+    macs = defaults["rows"] * defaults["d_in"] * defaults["d_out"] * features
+    assert macs < triton_bspline._SMALL_PROBLEM_MACS
+
+    before = triton_chebyshev.AUTOTUNE
+    with pytest.raises(RuntimeError, match="inside"):
+        with checks._chebyshev_without_autotuning():
+            assert triton_chebyshev.AUTOTUNE is False
+            raise RuntimeError("inside")
+    assert triton_chebyshev.AUTOTUNE == before
+
+
+def test_kernel_errors_rejects_empty_sizes():
+    from labkit.kan import checks
+
+    with pytest.raises(ValueError, match="rows, d_in and d_out must be >= 1"):
+        checks.kernel_errors("cpu", rows=0)

@@ -147,8 +147,27 @@ def test_saturated_tanh_gives_finite_gradients(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_backward_saves_only_x_and_coeffs(device):
-    """No (rows, in, degree + 1) feature tensor may be kept alive for the backward pass."""
+def test_compute_dtype_keeps_input_and_weight_dtypes(device):
+    """What autocast does through labkit.kan.ops: fp32 x and coeffs, bf16 products; y in
+    bf16, both gradients in fp32, no cast passes."""
+    rows, n_in, n_out, degree = 37, 19, 23, 3
+    x, coeffs, dy = _make_inputs(rows, n_in, n_out, degree, torch.float32, device)
+    x.requires_grad_()
+    coeffs.requires_grad_()
+    y = _chebykan_triton()(x, coeffs, compute_dtype=torch.bfloat16)
+    dx, dc = torch.autograd.grad(y, [x, coeffs], dy.bfloat16())
+    assert y.dtype == torch.bfloat16 and dx.dtype == torch.float32 and dc.dtype == torch.float32
+    xr, cr = x.detach().double().requires_grad_(), coeffs.detach().double().requires_grad_()
+    y_ref = chebykan_reference(xr, cr)
+    dx_ref, dc_ref = torch.autograd.grad(y_ref, [xr, cr], dy.bfloat16().double())
+    for got, want in ((y, y_ref), (dx, dx_ref), (dc, dc_ref)):
+        assert _rel_error(got, want) < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_saves_only_x_and_the_packed_weights(device):
+    """No (rows, in, degree + 1) feature tensor may be kept alive for the backward pass:
+    only x and the weights in the kernels' (D + 1, in, out) layout."""
     rows, n_in, n_out, degree = 37, 19, 23, 5
     x, coeffs, dy = _make_inputs(rows, n_in, n_out, degree, torch.float32, device)
     x.requires_grad_()
@@ -161,7 +180,7 @@ def test_backward_saves_only_x_and_coeffs(device):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         y = _chebykan_triton()(x, coeffs)
-    assert sorted(saved_shapes) == sorted([(rows, n_in), (n_in, n_out, degree + 1)])
+    assert sorted(saved_shapes) == sorted([(rows, n_in), (degree + 1, n_in, n_out)])
     assert all(torch.Size(s).numel() < rows * n_in * (degree + 1) for s in saved_shapes)
     y.backward(dy)  # the saved tensors are enough to run the backward
     assert x.grad.shape == x.shape and coeffs.grad.shape == coeffs.shape

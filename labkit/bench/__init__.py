@@ -10,6 +10,7 @@ from labkit.bench.harness import environment, format_table, load_results, peak_m
 SUITES = {
     "smoke": "labkit.bench.smoke:run",
     "kan": "labkit.kan.bench:run",
+    "kan-sweeps": "labkit.kan.bench:run_sweeps",
 }
 
 __all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "write_results"]

@@ -5,9 +5,10 @@
 * :mod:`labkit.kan.ops`: functional entry points choosing Triton or PyTorch;
 * :mod:`labkit.kan.triton_bspline`, :mod:`labkit.kan.triton_chebyshev`: the fused kernels;
 * :mod:`labkit.kan.fitting`: the KAN paper's function-fitting experiments;
-* :mod:`labkit.kan.bench`: the ``kan`` benchmark suite.
+* :mod:`labkit.kan.checks`: accuracy of the kernels against the float64 reference;
+* :mod:`labkit.kan.bench`: the ``kan`` benchmark suite and its plots.
 """
-from labkit.kan import fitting, ops, reference
+from labkit.kan import checks, fitting, ops, reference
 from labkit.kan.layers import KAN, ChebyKANLayer, KANLinear
 
-__all__ = ["KAN", "ChebyKANLayer", "KANLinear", "fitting", "ops", "reference"]
+__all__ = ["KAN", "ChebyKANLayer", "KANLinear", "checks", "fitting", "ops", "reference"]

@@ -46,6 +46,14 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         params = [wb, ws, sc]
         if impl == "bspline_labkit":
             return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton")), params
+        if impl == "bspline_labkit_adapted":
+            # Knots as after update_grid (each moved by up to 2% of a step, per input): the
+            # kernels then take the general Cox-de Boor recursion instead of the uniform one.
+            gen = torch.Generator(device=device).manual_seed(0)
+            step = grid[:, 1:2] - grid[:, :1]
+            moved = grid + 0.02 * step * (torch.rand(grid.shape, generator=gen, device=device) - 0.5)
+            adapted = moved.sort(dim=1).values
+            return (lambda x: ops.bspline_kan(x, adapted, wb, ws, sc, spline_order, backend="triton")), params
         ref = lambda x: reference.bspline_kan_reference(x, grid, wb, ws, sc, spline_order)  # noqa: E731
         if impl == "bspline_seed":
             return ref, params
@@ -117,8 +125,9 @@ def _with_ratios(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
     return rows
 
 
-HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_seed", "bspline_seed_compiled", "pykan", "inkan",
-                  "inkan_eager", "cheby_labkit", "cheby_seed", "cheby_recurrence", "cheby_seed_compiled")
+HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_labkit_adapted", "bspline_seed", "bspline_seed_compiled",
+                  "pykan", "inkan", "inkan_eager", "cheby_labkit", "cheby_seed", "cheby_recurrence",
+                  "cheby_seed_compiled")
 
 
 def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
@@ -135,9 +144,21 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
             shape = {"degree": 3}
         results.append({"sweep": "headline", **measure(impl, dt, rows, d_in, d_out, device, repeats, **shape)})
 
-    if device.type == "cuda" and not quick:
-        results += sweeps(device)
-    return config, _with_ratios(results, lambda r: (r["sweep"], r["dtype"], r["rows"], r["in"], r["out"]))
+    return config, _with_ratios(results, _ratio_key)
+
+
+def _ratio_key(row: dict) -> tuple:
+    return row["sweep"], row["dtype"], row["rows"], row["in"], row["out"]
+
+
+def run_sweeps(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
+    """The ``kan-sweeps`` suite: :func:`sweeps` (GPU only; a separate file from the headline,
+    so that either can be rerun alone)."""
+    if device.type != "cuda":
+        raise SystemExit("the kan-sweeps suite needs a GPU (it times the Triton kernels)")
+    config = {"dtype": "bf16", "around": "4096 x 768 -> 3072, G=5, k=3, degree 3",
+              "measured": "forward + backward (grads of input and all weights)"}
+    return config, _with_ratios(sweeps(device, repeats=5 if quick else 20), _ratio_key)
 
 
 def sweeps(device: torch.device, dtype: str = "bf16", repeats: int = 20) -> list[dict]:
@@ -193,6 +214,47 @@ def plot_headline(results: dict, path=None):
     env = results["environment"]
     fig.suptitle(f"one KAN layer, forward+backward, {results['config']['rows']}x{results['config']['in']}"
                  f"->{results['config']['out']}, {env['device']}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+# Each sweep varies one quantity; this is the result field that holds it.
+SWEEP_AXES = {"batch": "rows", "width": "in", "grid_size": "grid_size", "degree": "degree"}
+
+
+def plot_sweeps(results: dict, path=None):
+    """Time (top row) and peak memory (bottom row) against the swept size, one column per sweep.
+
+    ``results`` is a loaded result file (``labkit.bench.load_results("kan-sweeps")``). Only rows with
+    status "ok" are drawn. ``Linear+GELU`` has no grid size or degree, so it is left out of those
+    two sweeps. Returns the figure, or None when the file holds no sweep (a quick or CPU run).
+    """
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["results"] if r["sweep"] in SWEEP_AXES and r["status"] == "ok"]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(2, len(SWEEP_AXES), figsize=(15, 6.5))
+    for col, (sweep, key) in enumerate(SWEEP_AXES.items()):
+        points = [r for r in rows if r["sweep"] == sweep]
+        for impl in sorted({r["impl"] for r in points}):
+            if impl == "linear_gelu" and key in ("grid_size", "degree"):
+                continue
+            series = sorted((r[key], r["median_ms"], r["peak_mib"]) for r in points if r["impl"] == impl)
+            sizes, times, memory = zip(*series)
+            axes[0, col].plot(sizes, times, "o-", label=impl)
+            axes[1, col].plot(sizes, memory, "o-", label=impl)
+        dtypes = sorted({r["dtype"] for r in points})
+        axes[0, col].set_title(f"time vs {sweep} ({', '.join(dtypes)})")
+        axes[1, col].set_title(f"peak memory vs {sweep}")
+        axes[1, col].set_xlabel(key)
+        axes[0, col].set_yscale("log")
+        axes[1, col].set_yscale("log")
+    axes[0, 0].set_ylabel("ms, forward + backward")
+    axes[1, 0].set_ylabel("extra MiB at peak")
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)

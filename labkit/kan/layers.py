@@ -6,7 +6,8 @@
 * ``base_weight``   (out, in)          ``w_b``
 * ``spline_weight`` (out, in, G + k)   ``c_j`` (unscaled)
 * ``spline_scaler`` (out, in) or None  ``s`` (absent when not standalone)
-* buffer ``grid``   (in, G + 2k + 1)   knots, one row per input feature
+* buffer ``grid``   (in, G + 2k + 1)   knots, one row per input feature; float32 even in a
+  16-bit layer (see ``KANLinear._apply``), float64 in a float64 layer
 
 Differences from efficient-kan, each for a measured reason (see the tests):
 
@@ -22,6 +23,7 @@ the PyTorch reference (``layer.backend = "auto" | "triton" | "torch"``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -30,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.kan import ops, reference
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # too coarse for knots: a 16-bit layer keeps float32 ones
 
 
 def check_layer_input(x: torch.Tensor, in_features: int, like: torch.Tensor, check_finite: bool) -> None:
@@ -132,11 +136,41 @@ class KANLinear(nn.Module):
         if self.spline_scaler is not None:
             nn.init.kaiming_uniform_(self.spline_scaler, a=math.sqrt(5) * scale_spline)
 
+    # ------------------------------------------------------------ dtype of the knots
+    def _apply(self, fn, recurse=True):
+        """Keep the knots in float32 when the layer is cast to 16 bits.
+
+        Every ``.to()``, ``.half()``, ``.bfloat16()``, ``.cuda()`` ... goes through ``_apply``.
+        The knots follow the layer's device, and float32 or float64 like the parameters, but
+        bf16 would move them by up to 0.4% (bf16 keeps 8 significant bits): the splines would
+        sit on a different grid than the one they were fitted on. The Triton kernels take the
+        knots in float32 whatever the activations' dtype.
+        """
+        knots = self.grid
+        super()._apply(fn, recurse)
+        if self.grid.dtype in HALF_DTYPES:
+            self.grid = knots.to(device=self.grid.device, dtype=torch.float32)  # from the unrounded knots
+        return self
+
+    def _compute_in_layer_dtype(self, x: torch.Tensor):
+        """Context for the forward pass of a 16-bit layer, whose knots stay float32.
+
+        The Triton kernels take 16-bit operands with float32 knots as they are. The PyTorch
+        path computes the bases from float32 knots in float32, and its matmul would then mix
+        float32 bases with 16-bit weights (an error); autocast to the layer's dtype makes it
+        take both in 16 bits. A no-op for layers whose knots have the activations' dtype, and
+        under an autocast the caller opened.
+        """
+        device_type = x.device.type
+        if x.dtype not in HALF_DTYPES or x.dtype == self.grid.dtype or torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=x.dtype)
+
     # ----------------------------------------------------------------- the math
     def b_splines(self, x: torch.Tensor) -> torch.Tensor:
-        """B-spline bases of x: (..., in) -> (..., in, G + k)."""
-        check_layer_input(x, self.in_features, self.grid, self.check_inputs)
-        return reference.bspline_basis(x, self.grid, self.spline_order)
+        """B-spline bases of x: (..., in) -> (..., in, G + k), in x's dtype."""
+        check_layer_input(x, self.in_features, self.base_weight, self.check_inputs)
+        return reference.bspline_basis(x, self.grid, self.spline_order).to(x.dtype)
 
     def curve2coeff(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Coefficients whose splines pass closest to the samples, per edge.
@@ -161,11 +195,12 @@ class KANLinear(nn.Module):
         """(..., in) -> (..., out)."""
         check_layer_input(x, self.in_features, self.base_weight, self.check_inputs)
         if isinstance(self.base_activation, nn.SiLU):  # the formula the kernels implement
-            return ops.bspline_kan(
-                x, self.grid, self.base_weight, self.spline_weight, self.spline_scaler,
-                self.spline_order, backend=self.backend,
-            )
-        basis = reference.bspline_basis(x, self.grid, self.spline_order).flatten(-2)
+            with self._compute_in_layer_dtype(x):
+                return ops.bspline_kan(
+                    x, self.grid, self.base_weight, self.spline_weight, self.spline_scaler,
+                    self.spline_order, backend=self.backend,
+                )
+        basis = reference.bspline_basis(x, self.grid, self.spline_order).to(x.dtype).flatten(-2)
         spline = F.linear(basis, self.scaled_spline_weight.reshape(self.out_features, -1))
         return F.linear(self.base_activation(x), self.base_weight) + spline
 
@@ -192,11 +227,12 @@ class KANLinear(nn.Module):
         x = self._flat_input(x)
         target = self._edge_splines(x, self.spline_weight)  # (B, in, out)
 
-        x_sorted = torch.sort(x, dim=0).values
+        # The knots are computed in the grid's dtype (float32 in a 16-bit layer), not rounded to x's.
+        x_sorted = torch.sort(x.to(self.grid.dtype), dim=0).values
         quantile_rows = torch.linspace(0, x.shape[0] - 1, self.grid_size + 1, device=x.device).long()
         adaptive = x_sorted[quantile_rows]  # (G+1, in)
         step = (x_sorted[-1] - x_sorted[0] + 2 * margin) / self.grid_size  # (in,)
-        knot_index = torch.arange(self.grid_size + 1, device=x.device, dtype=x.dtype)[:, None]
+        knot_index = torch.arange(self.grid_size + 1, device=x.device, dtype=x_sorted.dtype)[:, None]
         uniform = x_sorted[0] - margin + step * knot_index
         interior = self.grid_eps * uniform + (1 - self.grid_eps) * adaptive
         self.grid.copy_(self._extend_knots(interior.T, step))

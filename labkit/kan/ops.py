@@ -44,8 +44,10 @@ def chebykan(x: torch.Tensor, coeffs: torch.Tensor, backend: str = "auto") -> to
     dtype = _autocast_dtype(x)
     x2d, lead = _flatten(x)
     if dtype is not None:
+        # No casts: the kernels read x and coeffs as they are and compute in ``dtype``; the
+        # gradients come back in the dtypes of x and coeffs.
         with torch.autocast(x.device.type, enabled=False):
-            y = chebykan_triton(x2d.to(dtype), coeffs.to(dtype))
+            y = chebykan_triton(x2d, coeffs, compute_dtype=dtype)
     else:
         y = chebykan_triton(x2d, coeffs)
     return y.reshape(*lead, y.shape[-1])
@@ -69,12 +71,14 @@ def bspline_kan(
     dtype = _autocast_dtype(x)
     x2d, lead = _flatten(x)
     if dtype is not None:
-        cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+        # No casts here: the kernels read x and the weights in their own dtypes, compute in
+        # ``dtype`` and return the gradients in the dtypes of x and the weights (fewer passes
+        # over memory than casting first). The knots stay fp32: bf16 knots would move by 0.4%.
         with torch.autocast(x.device.type, enabled=False):
-            # The knots stay fp32: bf16 knots would move the grid by up to 0.4%.
-            y = bspline_kan_triton(
-                x2d.to(dtype), grid, cast(base_weight), cast(spline_weight), cast(spline_scaler), spline_order
-            )
+            weights = (base_weight, spline_weight, spline_scaler)
+            if len({t.dtype for t in weights if t is not None}) > 1:  # mixed weight dtypes: unify first
+                weights = tuple(None if t is None else t.to(dtype) for t in weights)
+            y = bspline_kan_triton(x2d, grid, *weights, spline_order, compute_dtype=dtype)
     else:
         y = bspline_kan_triton(x2d, grid, base_weight, spline_weight, spline_scaler, spline_order)
     return y.reshape(*lead, y.shape[-1])

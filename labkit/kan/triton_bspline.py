@@ -25,13 +25,21 @@ Kernels (rows ``M``, inputs ``K``, outputs ``N`` in all block names)
 * grad input: one ``(BLOCK_M, BLOCK_K)`` tile of dx per program. For a chunk of features,
   ``CHUNK`` accumulators ``P_f = dy @ W[f].T`` are built over the outputs, then multiplied
   by the feature slopes ``feature_f'(x)`` (the B-spline derivative formula) and summed.
-* grad weight: one ``(BLOCK_K, BLOCK_N)`` tile of ``dW[1 + j] = B_j(x).T @ dy`` per program
-  and chunk of ``CHUNK`` bases (a grid axis: chunks write disjoint outputs), summed over the
-  rows and stored straight into spline_weight's layout. PyTorch then applies the chain rule
-  through the scaler (weight-sized work): ``d spline_weight = dW * scaler``, ``d scaler =
-  sum_j dW_j * spline_weight_j``. The base branch's gradient ``silu(x).T @ dy`` is one plain
-  GEMM: cuBLAS does it. When there are few programs (small in*out, large M) the rows are
-  also split over programs ("split-K") and the fp32 partial sums are added in PyTorch.
+* grad weight: one ``(BLOCK_K, BLOCK_N)`` tile of ``dW[f] = feature_f(x).T @ dy`` per
+  program and chunk of ``CHUNK`` bases (a grid axis: chunks write disjoint outputs), plus
+  one program per tile for the SiLU feature, summed over the rows in fp32 and stored in W's
+  (F, in, out) layout. When there are few programs (small in*out, large M) the rows are
+  also split over programs ("split-K") into fp32 partial sums.
+* pack / unpack: ``W`` is built from the parameters by one small kernel (cast to the
+  operand dtype included), and one more turns ``dW`` (summing the split-K slices) into the
+  parameters' gradients, applying the chain rule through the scaler: ``d spline_weight =
+  dW * scaler``, ``d scaler = sum_j dW_j * spline_weight_j``. Both are weight-sized work.
+
+Uniform knots. A layer's grid starts uniform (and stays so without ``update_grid``). Then
+every basis is one polynomial shifted, the recursion needs no knot loads or inverse spans,
+and :func:`_uniform_bases` computes the ``k + 1`` nonzero bases of an input's interval once
+and places them (about a third of the instructions at k = 3, which matters: the tensor
+cores wait for the basis tiles). :func:`knots_for` decides (and caches) per grid.
 
 Why chunks of features? ``F`` fp32 accumulators (or ``F`` live basis tiles) per program cost
 ``F`` times the registers of a plain GEMM. A chunk keeps ``CHUNK`` of them alive, the chunk
@@ -45,20 +53,22 @@ GEMM loop makes ptxas serialize the wgmma instructions (warning C7515); the reve
 does not.
 
 Per-input constants (the knots and the inverse knot spans ``1 / (t_{j+p} - t_j)``) are
-precomputed once per call into a small zero-padded table (:func:`knot_table`), so the
+precomputed once per grid (cached) into a small zero-padded table (:func:`knot_table`), so the
 kernels multiply instead of divide and read them without masks.
 
-Nothing of size ``M * in * (G + k)`` is ever stored: backward sees only x, the knot table
-and the weights. No atomics anywhere.
+Nothing of size ``M * in * (G + k)`` is ever stored: backward sees only x, the knot table,
+the packed ``W`` (weight-sized, in the operand dtype, as autocast would cache it) and the
+parameters the scaler's chain rule needs. No atomics anywhere.
 
 Numerics: bases, slopes and accumulators are fp32; features are cast to the operand dtype
-(fp32, fp16 or bf16) right before ``tl.dot``. fp32 products are exact ("ieee") unless
-PyTorch allows TF32 (see :func:`_dot_precision`). Knot spans of zero width contribute 0 (the
+(fp32, fp16 or bf16) right before ``tl.dot``. fp32 products run as three TF32 products
+("tf32x3", fp32 accuracy), or one when PyTorch allows TF32 (see :func:`_dot_precision`). Knot spans of zero width contribute 0 (the
 PyTorch reference divides 0 by 0 there and returns NaN).
 """
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 import triton
@@ -173,6 +183,74 @@ def _bspline_slopes(x, table, ROW: tl.constexpr, PLANE: tl.constexpr, first, COU
 
 
 @triton.jit
+def _uniform_bases(x, origin, inv_step, first, COUNT: tl.constexpr, ORDER: tl.constexpr):
+    """``B_{j,ORDER}(x)`` for ``j = first .. first + COUNT - 1`` on *uniform* knots
+    ``t_j = origin + j / inv_step`` (a tuple of tiles, like :func:`_bspline_bases`).
+
+    On uniform knots every basis is the same piecewise polynomial, shifted. With
+    ``u = (x - origin) * inv_step``, ``s = floor(u)`` (the knot interval of x) and
+    ``t = u - s``, the ``ORDER + 1`` bases that are nonzero on interval ``s`` are
+    ``v[r] = B_{s-r}(x)``, ``r = 0..ORDER``, and the recursion that builds them,
+
+        v_p[r] = ((t + r) v_{p-1}[r] + (p + 1 - r - t) v_{p-1}[r-1]) / p,
+
+    has constant coefficients: no knot loads, no divisions. Basis ``j`` then picks
+    ``v[s - j]`` (0 when ``s - j`` is outside ``0..ORDER``, which also covers x outside
+    the grid). About a third of the instructions of the general recursion at k = 3, which
+    matters because the tensor cores wait for these tiles.
+    """
+    u = (x - origin) * inv_step
+    s = tl.floor(u)
+    t = u - s
+    v = (tl.zeros_like(x) + 1.0,)
+    for p in tl.static_range(1, ORDER + 1):
+        nxt = ()
+        for r in tl.static_range(p + 1):
+            if r == 0:
+                term = t * v[0]
+            elif r == p:
+                term = (1.0 - t) * v[r - 1]
+            else:
+                term = (t + r) * v[r] + (p + 1 - r - t) * v[r - 1]
+            nxt = nxt + (term * (1.0 / p),)
+        v = nxt
+    offset = s - first  # basis first + c is v[offset - c]
+    bases = ()
+    for c in tl.static_range(COUNT):
+        b = tl.where(offset == c, v[0], 0.0)
+        for r in tl.static_range(1, ORDER + 1):
+            b = tl.where(offset == c + r, v[r], b)
+        bases = bases + (b,)
+    return bases
+
+
+@triton.jit
+def _bases(x, table, ROW: tl.constexpr, PLANE: tl.constexpr, first, COUNT: tl.constexpr, ORDER: tl.constexpr,
+           UNIFORM: tl.constexpr):
+    """The bases by whichever recursion the knots allow (``UNIFORM``: see :func:`knot_table`)."""
+    if UNIFORM:
+        out = _uniform_bases(x, tl.load(table), tl.load(table + PLANE), first, COUNT, ORDER)
+    else:
+        out = _bspline_bases(x, table, ROW, PLANE, first, COUNT, ORDER)
+    return out
+
+
+@triton.jit
+def _slopes(x, table, ROW: tl.constexpr, PLANE: tl.constexpr, first, COUNT: tl.constexpr, ORDER: tl.constexpr,
+            UNIFORM: tl.constexpr):
+    """``d B_j / dx``; on uniform knots ``B'_{j,k} = (B_{j,k-1} - B_{j+1,k-1}) / step``."""
+    if UNIFORM:
+        inv_step = tl.load(table + PLANE)
+        lower = _uniform_bases(x, tl.load(table), inv_step, first, COUNT + 1, ORDER - 1)
+        out = ()
+        for c in tl.static_range(COUNT):
+            out = out + (inv_step * (lower[c] - lower[c + 1]),)
+    else:
+        out = _bspline_slopes(x, table, ROW, PLANE, first, COUNT, ORDER)
+    return out
+
+
+@triton.jit
 def _silu(x):
     return x * tl.sigmoid(x)
 
@@ -222,7 +300,7 @@ def _forward_kernel(
     M, IN, OUT, M_BUCKET,
     stride_xm, stride_wf, stride_wi, stride_ym,
     TABLE_ROW: tl.constexpr, TABLE_PLANE: tl.constexpr, GRID_SIZE: tl.constexpr,
-    ORDER: tl.constexpr, PRECISION: tl.constexpr,
+    ORDER: tl.constexpr, PRECISION: tl.constexpr, UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
@@ -242,7 +320,7 @@ def _forward_kernel(
             in_ok = ins < IN
             x = tl.load(x_ptr + rows[:, None] * stride_xm + ins[None, :],
                         mask=row_ok[:, None] & in_ok[None, :], other=0.0).to(tl.float32)
-            bases = _bspline_bases(x, table_ptr + ins[None, :], TABLE_ROW, TABLE_PLANE, b0, CHUNK, ORDER)
+            bases = _bases(x, table_ptr + ins[None, :], TABLE_ROW, TABLE_PLANE, b0, CHUNK, ORDER, UNIFORM)
             for c in tl.static_range(CHUNK):
                 w = tl.load(w_ptr + (1 + b0 + c) * stride_wf + ins[:, None] * stride_wi + cols[None, :],
                             mask=(b0 + c < N_BASES) & in_ok[:, None] & col_ok[None, :], other=0.0)
@@ -268,7 +346,7 @@ def _grad_input_kernel(
     M, IN, OUT, M_BUCKET,
     stride_dym, stride_wf, stride_wi, stride_xm, stride_dxm,
     TABLE_ROW: tl.constexpr, TABLE_PLANE: tl.constexpr, GRID_SIZE: tl.constexpr,
-    ORDER: tl.constexpr, PRECISION: tl.constexpr,
+    ORDER: tl.constexpr, PRECISION: tl.constexpr, UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
@@ -308,7 +386,7 @@ def _grad_input_kernel(
         x = tl.load(x_ptr + rows[:, None] * stride_xm + ins[None, :],
                     mask=row_ok[:, None] & in_ok[None, :], other=0.0).to(tl.float32)
         for c in tl.static_range(CHUNK):
-            slope = _bspline_slopes(x, table_ptr + ins[None, :], TABLE_ROW, TABLE_PLANE, b0 + c, 1, ORDER)
+            slope = _slopes(x, table_ptr + ins[None, :], TABLE_ROW, TABLE_PLANE, b0 + c, 1, ORDER, UNIFORM)
             dx += slope[0] * accs[c]
 
     # Base branch, after the chunk loops (module docstring).
@@ -329,25 +407,43 @@ def _grad_input_kernel(
 
 
 @triton.jit
-def _grad_spline_weight_kernel(
-    x_ptr, table_ptr, dy_ptr, d_spline_ptr,
+def _row_step(x_ptr, dy_ptr, m0, row_end, ins, outs, IN, OUT, stride_xm, stride_dym, BLOCK_M: tl.constexpr):
+    """One step of the weight gradient's reduction over rows: ``x^T`` (BLOCK_K inputs x
+    BLOCK_M rows, fp32) and ``dy`` (BLOCK_M rows x BLOCK_N outputs), zero past the ends."""
+    rows = m0 + tl.arange(0, BLOCK_M)
+    row_ok = rows < row_end
+    xt = tl.load(x_ptr + rows[None, :] * stride_xm + ins[:, None],
+                 mask=(ins[:, None] < IN) & row_ok[None, :], other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + rows[:, None] * stride_dym + outs[None, :],
+                 mask=row_ok[:, None] & (outs[None, :] < OUT), other=0.0)
+    return xt, dy
+
+
+@triton.jit
+def _grad_weight_kernel(
+    x_ptr, table_ptr, dy_ptr, dw_ptr,
     M, IN, OUT, M_BUCKET, ROWS_PER_SPLIT,
     stride_xm, stride_dym, split_stride,
     TABLE_ROW: tl.constexpr, TABLE_PLANE: tl.constexpr, GRID_SIZE: tl.constexpr,
-    ORDER: tl.constexpr, PRECISION: tl.constexpr,
+    ORDER: tl.constexpr, PRECISION: tl.constexpr, UNIFORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    """``d_spline[o, i, j] = sum_m B_j(x[m, i]) * dy[m, o]`` (before the scaler, which PyTorch
-    applies), for a (BLOCK_K, BLOCK_N) tile of (i, o) and the CHUNK bases ``j`` of program
-    axis 1. Axis 2 picks a slice of ``ROWS_PER_SPLIT`` rows (split-K, partial sums).
+    """``dW[f, i, o] = sum_m feature_f(x[m, i]) * dy[m, o]`` in fp32, the gradient of the
+    combined weight, for one (BLOCK_K, BLOCK_N) tile of (i, o).
 
-    The chunk is a grid axis here, not a loop: chunks write disjoint outputs, and
-    ``(G + k) / CHUNK`` times more programs keep every SM busy when tiles are large.
+    Program axis 1 picks the features: ``CHUNK`` spline bases per program, and one extra
+    program per tile for the SiLU feature (``f = 0``). Chunks write disjoint outputs, and
+    ``(G + k) / CHUNK + 1`` times more programs keep every SM busy when tiles are large.
+    Axis 2 picks a slice of ``ROWS_PER_SPLIT`` rows (split-K: fp32 partial sums, added by
+    :func:`_unpack_grads_kernel`). ``dW`` is stored (F, in, out), contiguous along the
+    outputs, so every store is coalesced; the unpack kernel turns it into the parameters'
+    layouts.
     """
     N_BASES: tl.constexpr = GRID_SIZE + ORDER
+    N_CHUNKS: tl.constexpr = (N_BASES + CHUNK - 1) // CHUNK
     pid_k, pid_n = _swizzled_tile(tl.program_id(0), tl.cdiv(IN, BLOCK_K), tl.cdiv(OUT, BLOCK_N), GROUP_M)
-    b0 = tl.program_id(1) * CHUNK
+    chunk = tl.program_id(1)
     split = tl.program_id(2)
     row_begin = split * ROWS_PER_SPLIT
     row_end = tl.minimum(M, row_begin + ROWS_PER_SPLIT)
@@ -355,30 +451,100 @@ def _grad_spline_weight_kernel(
     outs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     in_ok = ins < IN
     out_ok = outs < OUT
+    tile_ok = in_ok[:, None] & out_ok[None, :]
     # Inputs run along the rows of every tile here, so table entries are (BLOCK_K, 1) columns.
     table = table_ptr + ins[:, None]
+    dw_ptr += split * split_stride + ins[:, None] * OUT + outs[None, :]
 
-    accs = ()
-    for c in tl.static_range(CHUNK):
-        accs = accs + (tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32),)
-    for m0 in range(row_begin, row_end, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < row_end
-        xt = tl.load(x_ptr + rows[None, :] * stride_xm + ins[:, None],
-                     mask=in_ok[:, None] & row_ok[None, :], other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + outs[None, :],
-                     mask=row_ok[:, None] & out_ok[None, :], other=0.0)
-        bases = _bspline_bases(xt, table, TABLE_ROW, TABLE_PLANE, b0, CHUNK, ORDER)
-        updated = ()
+    if chunk == N_CHUNKS:  # the SiLU feature: an ordinary GEMM silu(x).T @ dy
+        acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+        for m0 in range(row_begin, row_end, BLOCK_M):
+            xt, dy = _row_step(x_ptr, dy_ptr, m0, row_end, ins, outs, IN, OUT, stride_xm, stride_dym, BLOCK_M)
+            acc = _dot(_silu(xt).to(dy.dtype), dy, acc, PRECISION)
+        tl.store(dw_ptr, acc, mask=tile_ok)
+    else:
+        b0 = chunk * CHUNK
+        accs = ()
         for c in tl.static_range(CHUNK):
-            updated = updated + (_dot(bases[c].to(dy.dtype), dy, accs[c], PRECISION),)
-        accs = updated
+            accs = accs + (tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32),)
+        for m0 in range(row_begin, row_end, BLOCK_M):
+            xt, dy = _row_step(x_ptr, dy_ptr, m0, row_end, ins, outs, IN, OUT, stride_xm, stride_dym, BLOCK_M)
+            bases = _bases(xt, table, TABLE_ROW, TABLE_PLANE, b0, CHUNK, ORDER, UNIFORM)
+            updated = ()
+            for c in tl.static_range(CHUNK):
+                updated = updated + (_dot(bases[c].to(dy.dtype), dy, accs[c], PRECISION),)
+            accs = updated
+        for c in tl.static_range(CHUNK):
+            tl.store(dw_ptr + (1 + b0 + c) * IN * OUT, accs[c], mask=tile_ok & (b0 + c < N_BASES))
 
-    d_spline_ptr += split * split_stride
-    for c in tl.static_range(CHUNK):
-        coeff = outs[None, :] * (IN * N_BASES) + (ins * N_BASES + b0 + c)[:, None]  # [o, i, b0 + c]
-        tl.store(d_spline_ptr + coeff, accs[c].to(d_spline_ptr.dtype.element_ty),
-                 mask=in_ok[:, None] & out_ok[None, :] & (b0 + c < N_BASES))
+
+@triton.jit
+def _pack_weight_kernel(
+    base_ptr, spline_ptr, scaler_ptr, w_ptr, IN, OUT,
+    N_BASES: tl.constexpr, BASES_POW2: tl.constexpr, HAS_SCALER: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    """``W[0, i, o] = base_weight[o, i]``, ``W[1 + j, i, o] = spline_weight[o, i, j] * scaler[o, i]``.
+
+    One pass over the parameters that also casts them to the operand dtype of the GEMM
+    kernels (the product is taken in fp32 and rounded once). The loads run along the
+    parameters' contiguous axes and the stores along W's (the outputs); Triton moves the
+    tile between the two layouts through shared memory.
+    """
+    outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    bases = tl.arange(0, BASES_POW2)
+    ok = (outs[:, None] < OUT) & (ins[None, :] < IN)
+    base = tl.load(base_ptr + outs[:, None] * IN + ins[None, :], mask=ok)
+    tl.store(w_ptr + ins[None, :] * OUT + outs[:, None], base.to(w_ptr.dtype.element_ty), mask=ok)
+
+    ok3 = ok[:, :, None] & (bases[None, None, :] < N_BASES)
+    spline = tl.load(spline_ptr + (outs[:, None, None] * IN + ins[None, :, None]) * N_BASES + bases[None, None, :],
+                     mask=ok3).to(tl.float32)
+    if HAS_SCALER:
+        scaler = tl.load(scaler_ptr + outs[:, None] * IN + ins[None, :], mask=ok).to(tl.float32)
+        spline = spline * scaler[:, :, None]
+    w_spline = w_ptr + ((1 + bases[None, None, :]) * IN + ins[None, :, None]) * OUT + outs[:, None, None]
+    tl.store(w_spline, spline.to(w_ptr.dtype.element_ty), mask=ok3)
+
+
+@triton.jit
+def _unpack_grads_kernel(
+    dw_ptr, spline_ptr, scaler_ptr, d_base_ptr, d_spline_ptr, d_scaler_ptr,
+    IN, OUT, SPLITS, split_stride,
+    N_BASES: tl.constexpr, BASES_POW2: tl.constexpr, HAS_SCALER: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    """From ``dW`` (summed over its row slices) to the parameters' gradients, in their layouts
+    and dtype. With ``W[1 + j] = (spline_weight[..., j] * scaler).T`` the chain rule gives
+
+        d spline_weight[o, i, j] = dW[1 + j, i, o] * scaler[o, i]
+        d scaler[o, i]           = sum_j dW[1 + j, i, o] * spline_weight[o, i, j]
+
+    and ``d base_weight = dW[0].T``. Weight-sized work, one pass.
+    """
+    outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    bases = tl.arange(0, BASES_POW2)
+    ok = (outs[:, None] < OUT) & (ins[None, :] < IN)
+    ok3 = ok[:, :, None] & (bases[None, None, :] < N_BASES)
+    base_offsets = ins[None, :] * OUT + outs[:, None]
+    spline_offsets = ((1 + bases[None, None, :]) * IN + ins[None, :, None]) * OUT + outs[:, None, None]
+    d_base = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
+    d_spline = tl.zeros((BLOCK_O, BLOCK_I, BASES_POW2), dtype=tl.float32)
+    for split in range(SPLITS):
+        d_base += tl.load(dw_ptr + split * split_stride + base_offsets, mask=ok)
+        d_spline += tl.load(dw_ptr + split * split_stride + spline_offsets, mask=ok3)
+    tl.store(d_base_ptr + outs[:, None] * IN + ins[None, :], d_base.to(d_base_ptr.dtype.element_ty), mask=ok)
+    param_offsets = (outs[:, None, None] * IN + ins[None, :, None]) * N_BASES + bases[None, None, :]
+    if HAS_SCALER:
+        spline = tl.load(spline_ptr + param_offsets, mask=ok3).to(tl.float32)
+        scaler = tl.load(scaler_ptr + outs[:, None] * IN + ins[None, :], mask=ok).to(tl.float32)
+        d_scaler = tl.sum(d_spline * spline, axis=2)
+        tl.store(d_scaler_ptr + outs[:, None] * IN + ins[None, :], d_scaler.to(d_scaler_ptr.dtype.element_ty),
+                 mask=ok)
+        d_spline = d_spline * scaler[:, :, None]
+    tl.store(d_spline_ptr + param_offsets, d_spline.to(d_spline_ptr.dtype.element_ty), mask=ok3)
 
 
 # --------------------------------------------------------------------------------------
@@ -402,6 +568,8 @@ _FORWARD_CONFIGS = {
         _config(128, 256, 16, 4, 8, 3),
         _config(128, 128, 16, 4, 8, 3),
         _config(128, 128, 16, 8, 8, 3),
+        _config(128, 256, 16, 8, 8, 3),  # all G + k = 8 bases from one recursion (uniform knots)
+        _config(128, 128, 32, 8, 8, 3),
     ],
     "fma": [
         _config(64, 64, 16, 2, 4, 3),
@@ -429,6 +597,11 @@ _GRAD_WEIGHT_CONFIGS = {
         _config(16, 256, 64, 1, 4, 3),
         _config(16, 128, 128, 2, 8, 3),
         _config(32, 128, 64, 1, 4, 3),
+        _config(16, 256, 64, 2, 8, 3),  # chunks of 2 and 4 share one x tile's recursion (uniform knots)
+        _config(16, 128, 64, 4, 8, 3),
+        _config(32, 128, 64, 2, 4, 3),
+        _config(32, 256, 128, 1, 8, 3),  # longer row steps: fewer loop trips per recursion
+        _config(64, 256, 64, 1, 8, 3),
     ],
     "fma": [
         _config(32, 64, 32, 1, 4, 3),
@@ -446,20 +619,25 @@ _SMALL_PROBLEM_MACS = 2**26  # M * in * out * (G + k + 1) below this: no autotun
 _SMEM_BUDGET = 200 * 1024  # bytes; H100 allows 227 KiB per block
 
 
-def _prune(config_lists, loads_per_stage):
+def _prune(config_lists, loads_per_stage, operand):
     """An ``early_config_prune``: the list for this dot kind, minus configs whose pipelined
-    tiles overflow shared memory or whose tile is far larger than the problem."""
+    tiles overflow shared memory or whose tile is far larger than the problem. ``operand``
+    names the argument whose dtype is the GEMM's operand dtype."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        elem = args["x_ptr"].element_size()
+        elem = args[operand].element_size()
         kind = "fma" if elem == 4 and args["PRECISION"] == "ieee" else "tensor_cores"
+        # x may be wider than the operands (fp32 activations under autocast): count it at 4 bytes.
+        elem = max(elem, args["x_ptr"].element_size())
         fitting = []
         for config in config_lists[kind]:
             meta = config.kwargs
             too_big = (meta["BLOCK_N"] > 2 * max(16, triton.next_power_of_2(args["OUT"]))
                        or meta["BLOCK_K"] > 2 * max(16, triton.next_power_of_2(args["IN"])))
             smem = config.num_stages * elem * loads_per_stage(meta)
+            if args["PRECISION"] == "tf32x3":
+                smem *= 2  # the big and the small TF32 half of each operand tile
             if smem <= _SMEM_BUDGET and not too_big:
                 fitting.append(config)
         return fitting or [min(config_lists[kind], key=lambda c: c.num_stages * loads_per_stage(c.kwargs))]
@@ -467,11 +645,11 @@ def _prune(config_lists, loads_per_stage):
     return prune
 
 
-def _autotuned(kernel, config_lists, loads_per_stage):
+def _autotuned(kernel, config_lists, loads_per_stage, operand):
     return triton.autotune(
         configs=config_lists["tensor_cores"] + config_lists["fma"],
-        key=["M_BUCKET", "IN", "OUT", "GRID_SIZE", "ORDER", "PRECISION"],  # + the pointers' dtypes
-        prune_configs_by={"early_config_prune": _prune(config_lists, loads_per_stage)},
+        key=["M_BUCKET", "IN", "OUT", "GRID_SIZE", "ORDER", "PRECISION", "UNIFORM"],  # + the pointers' dtypes
+        prune_configs_by={"early_config_prune": _prune(config_lists, loads_per_stage, operand)},
         cache_results=True,  # timings kept on disk: a rerun (e.g. of a notebook) does not retune
     )(kernel)
 
@@ -479,13 +657,13 @@ def _autotuned(kernel, config_lists, loads_per_stage):
 # Elements per pipeline stage: the tiles loaded in one step of the reduction loop.
 _forward_tuned = _autotuned(
     _forward_kernel, _FORWARD_CONFIGS,
-    lambda m: m["BLOCK_M"] * m["BLOCK_K"] + m["CHUNK"] * m["BLOCK_K"] * m["BLOCK_N"])
+    lambda m: m["BLOCK_M"] * m["BLOCK_K"] + m["CHUNK"] * m["BLOCK_K"] * m["BLOCK_N"], "w_ptr")
 _grad_input_tuned = _autotuned(
     _grad_input_kernel, _GRAD_INPUT_CONFIGS,
-    lambda m: m["BLOCK_M"] * m["BLOCK_N"] + m["CHUNK"] * m["BLOCK_N"] * m["BLOCK_K"])
+    lambda m: m["BLOCK_M"] * m["BLOCK_N"] + m["CHUNK"] * m["BLOCK_N"] * m["BLOCK_K"], "w_ptr")
 _grad_weight_tuned = _autotuned(
-    _grad_spline_weight_kernel, _GRAD_WEIGHT_CONFIGS,
-    lambda m: m["BLOCK_M"] * m["BLOCK_K"] + m["BLOCK_M"] * m["BLOCK_N"])
+    _grad_weight_kernel, _GRAD_WEIGHT_CONFIGS,
+    lambda m: m["BLOCK_M"] * m["BLOCK_K"] + m["BLOCK_M"] * m["BLOCK_N"], "dy_ptr")
 
 
 #: Pin a config per kernel ("forward", "grad_input", "grad_weight"), bypassing autotuning:
@@ -511,48 +689,54 @@ def _dot_precision(dtype: torch.dtype) -> str:
     """How ``tl.dot`` multiplies fp32 operands (16-bit operands ignore this).
 
     ``"tf32"`` when PyTorch allows TF32 for matmuls, as ``torch.matmul`` would. Otherwise
-    exact products: ``"ieee"`` (FMA units, no tensor cores: about 9x the time of a linear
-    layer of the same shape at G=5, since the layer has 9x its FLOPs), or, when the
-    environment sets ``LABKIT_KAN_FP32_DOT=tf32x3``, three TF32 products per product on
-    the tensor cores (error about 1e-6 relative instead of 1e-7, several times faster).
+    fp32 accuracy: by default ``"tf32x3"``, three TF32 products per product on the tensor
+    cores (each operand split into a TF32 part and a TF32 remainder; relative error about
+    1e-6), measured 2.2x faster than ``"ieee"`` on an H100 at 4096 x 768 -> 3072. ``"ieee"``
+    (exact products on the FMA units) when the environment sets ``LABKIT_KAN_FP32_DOT=ieee``.
     """
     if interpret_mode():
         return "interpreter"
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
-    exact = os.environ.get("LABKIT_KAN_FP32_DOT", "ieee")
+    exact = os.environ.get("LABKIT_KAN_FP32_DOT", "tf32x3")
     if exact not in ("ieee", "tf32x3"):
         raise ValueError(f"LABKIT_KAN_FP32_DOT must be 'ieee' or 'tf32x3', got {exact!r}")
     return exact
 
 
-def _launch_forward(x, table, w, grid_size, order, precision):
+def _common_args(knots: "Knots", precision: str) -> dict:
+    return dict(TABLE_ROW=knots.table.stride(1), TABLE_PLANE=knots.table.stride(0), GRID_SIZE=knots.grid_size,
+                ORDER=knots.order, PRECISION=precision, UNIFORM=knots.uniform)
+
+
+def _launch_forward(x, knots, w, precision):
+    """y = features(x) @ W, in W's dtype."""
     m, n_in = x.shape
     n_out = w.shape[2]
-    y = torch.empty((m, n_out), device=x.device, dtype=x.dtype)
+    y = torch.empty((m, n_out), device=x.device, dtype=w.dtype)
     if m == 0:
         return y
     args = dict(
-        x_ptr=x, table_ptr=table, w_ptr=w, y_ptr=y, M=m, IN=n_in, OUT=n_out, M_BUCKET=triton.next_power_of_2(m),
-        stride_xm=x.stride(0), stride_wf=w.stride(0), stride_wi=w.stride(1), stride_ym=y.stride(0),
-        TABLE_ROW=table.stride(1), TABLE_PLANE=table.stride(0), GRID_SIZE=grid_size, ORDER=order, PRECISION=precision,
+        x_ptr=x, table_ptr=knots.table, w_ptr=w, y_ptr=y, M=m, IN=n_in, OUT=n_out,
+        M_BUCKET=triton.next_power_of_2(m), stride_xm=x.stride(0), stride_wf=w.stride(0), stride_wi=w.stride(1),
+        stride_ym=y.stride(0), **_common_args(knots, precision),
     )
     _launch("forward", _forward_tuned, args, m * n_in * n_out * w.shape[0],
             lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]),))
     return y
 
 
-def _launch_grad_input(dy, w, x, table, grid_size, order, precision):
+def _launch_grad_input(dy, w, x, knots, precision):
+    """dx in x's dtype."""
     m, n_in = x.shape
     n_out = w.shape[2]
     dx = torch.empty_like(x)
     if m == 0:
         return dx
     args = dict(
-        dy_ptr=dy, w_ptr=w, x_ptr=x, table_ptr=table, dx_ptr=dx, M=m, IN=n_in, OUT=n_out,
+        dy_ptr=dy, w_ptr=w, x_ptr=x, table_ptr=knots.table, dx_ptr=dx, M=m, IN=n_in, OUT=n_out,
         M_BUCKET=triton.next_power_of_2(m), stride_dym=dy.stride(0), stride_wf=w.stride(0), stride_wi=w.stride(1),
-        stride_xm=x.stride(0), stride_dxm=dx.stride(0),
-        TABLE_ROW=table.stride(1), TABLE_PLANE=table.stride(0), GRID_SIZE=grid_size, ORDER=order, PRECISION=precision,
+        stride_xm=x.stride(0), stride_dxm=dx.stride(0), **_common_args(knots, precision),
     )
     _launch("grad_input", _grad_input_tuned, args, m * n_in * n_out * w.shape[0],
             lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_in, meta["BLOCK_K"]),))
@@ -560,64 +744,78 @@ def _launch_grad_input(dy, w, x, table, grid_size, order, precision):
 
 
 def _grad_weight_splits(m: int, n_in: int, n_out: int, n_bases: int, device: torch.device) -> int:
-    """How many row slices the spline weight gradient is split into (split-K).
+    """How many row slices the weight gradient is split into (split-K).
 
-    There is one program per (inputs x outputs) tile and chunk of bases; with the largest
+    There is one program per (inputs x outputs) tile and chunk of features; with the largest
     tiles (128 x 256) and one basis per chunk, a small layer (e.g. a ViT-Tiny MLP, 192 ->
     768, M = 25k tokens) leaves most SMs idle. Each slice writes an fp32 partial gradient
-    that PyTorch sums, so this stays at a few slices and only for small layers.
+    that the unpack kernel sums, so this stays at a few slices and only for small layers.
     """
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    programs = triton.cdiv(n_in, 128) * triton.cdiv(n_out, 256) * n_bases
+    programs = triton.cdiv(n_in, 128) * triton.cdiv(n_out, 256) * (n_bases + 1)
     if programs >= 2 * sms:
         return 1
     return max(1, min(8, triton.cdiv(2 * sms, programs), m // 2048))
 
 
-def _launch_grad_weight(x, table, dy, base_weight, spline_weight, spline_scaler, grid_size, order, precision):
-    """Gradients of base_weight, spline_weight and spline_scaler (None without a scaler)."""
+_UNPACK_BLOCK = 32  # (outputs, inputs) tile of the pack / unpack kernels
+
+
+def _pack_weight(base_weight, spline_weight, spline_scaler, dtype) -> torch.Tensor:
+    """The combined weight ``W`` (G + k + 1, in, out) in ``dtype`` (see :func:`combined_weight`)."""
+    n_out, n_in, n_bases = spline_weight.shape
+    w = torch.empty((n_bases + 1, n_in, n_out), device=spline_weight.device, dtype=dtype)
+    grid = (triton.cdiv(n_out, _UNPACK_BLOCK), triton.cdiv(n_in, _UNPACK_BLOCK))
+    _pack_weight_kernel[grid](
+        base_weight, spline_weight, spline_weight if spline_scaler is None else spline_scaler, w, n_in, n_out,
+        N_BASES=n_bases, BASES_POW2=triton.next_power_of_2(n_bases), HAS_SCALER=spline_scaler is not None,
+        BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK,
+    )
+    return w
+
+
+def _launch_grad_weight(x, knots, dy, spline_weight, spline_scaler, precision):
+    """Gradients of base_weight, spline_weight and spline_scaler (None without a scaler),
+    in the parameters' own dtype."""
     m, n_in = x.shape
     n_out, _, n_bases = spline_weight.shape
-    # The base branch is an ordinary linear layer on silu(x): its gradient is one GEMM.
-    d_base = torch.mm(dy.t(), torch.nn.functional.silu(x)).to(base_weight.dtype)
-
     splits = max(1, min(_grad_weight_splits(m, n_in, n_out, n_bases, x.device), m))
-    while splits > 1 and splits * n_out * n_in * n_bases > _INT32_LIMIT:  # keep int32 indexing
+    while splits > 1 and splits * n_out * n_in * (n_bases + 1) > _INT32_LIMIT:  # keep int32 indexing
         splits //= 2
     rows_per_split = triton.cdiv(triton.cdiv(max(m, 1), splits), 16) * 16
     splits = max(1, triton.cdiv(m, rows_per_split))
-    # One slice writes the gradient in the weight's dtype; several write fp32 partial sums.
-    if splits == 1:
-        d_spline = torch.empty_like(spline_weight)
-    else:
-        d_spline = spline_weight.new_empty((splits, *spline_weight.shape), dtype=torch.float32)
+    split_stride = n_out * n_in * (n_bases + 1)
+    dw = torch.empty((splits, n_bases + 1, n_in, n_out), device=x.device, dtype=torch.float32)
     args = dict(
-        x_ptr=x, table_ptr=table, dy_ptr=dy, d_spline_ptr=d_spline,
+        x_ptr=x, table_ptr=knots.table, dy_ptr=dy, dw_ptr=dw,
         M=m, IN=n_in, OUT=n_out, M_BUCKET=triton.next_power_of_2(max(m, 1)), ROWS_PER_SPLIT=rows_per_split,
-        stride_xm=x.stride(0), stride_dym=dy.stride(0), split_stride=n_out * n_in * n_bases,
-        TABLE_ROW=table.stride(1), TABLE_PLANE=table.stride(0), GRID_SIZE=grid_size, ORDER=order,
-        PRECISION=precision,
+        stride_xm=x.stride(0), stride_dym=dy.stride(0), split_stride=split_stride, **_common_args(knots, precision),
     )
-    _launch("grad_weight", _grad_weight_tuned, args, m * n_in * n_out * n_bases,
-            lambda meta: (triton.cdiv(n_in, meta["BLOCK_K"]) * triton.cdiv(n_out, meta["BLOCK_N"]),
-                          triton.cdiv(n_bases, meta["CHUNK"]), splits))
-    if splits > 1:
-        d_spline = d_spline.sum(0).to(spline_weight.dtype)
-    if spline_scaler is None:
-        return d_base, d_spline, None
-    # W[1 + j] = spline_weight[..., j] * scaler: the chain rule splits dW between the two.
-    # (Weight-sized work; the product is one weight-sized temporary.)
-    d_scaler = (d_spline * spline_weight).sum(-1)
-    d_spline = d_spline.mul_(spline_scaler.unsqueeze(-1))
+    if m == 0:
+        dw.zero_()
+    else:
+        _launch("grad_weight", _grad_weight_tuned, args, m * n_in * n_out * (n_bases + 1),
+                lambda meta: (triton.cdiv(n_in, meta["BLOCK_K"]) * triton.cdiv(n_out, meta["BLOCK_N"]),
+                              triton.cdiv(n_bases, meta["CHUNK"]) + 1, splits))
+    d_base = spline_weight.new_empty((n_out, n_in))
+    d_spline = torch.empty_like(spline_weight)
+    d_scaler = None if spline_scaler is None else torch.empty_like(spline_scaler)
+    grid = (triton.cdiv(n_out, _UNPACK_BLOCK), triton.cdiv(n_in, _UNPACK_BLOCK))
+    _unpack_grads_kernel[grid](
+        dw, spline_weight, spline_weight if spline_scaler is None else spline_scaler, d_base, d_spline,
+        d_spline if d_scaler is None else d_scaler, n_in, n_out, splits, split_stride,
+        N_BASES=n_bases, BASES_POW2=triton.next_power_of_2(n_bases), HAS_SCALER=spline_scaler is not None,
+        BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK,
+    )
     return d_base, d_spline, d_scaler
 
 
 # --------------------------------------------------------------------------------------
-# PyTorch side: validation, the combined weight, autograd
+# PyTorch side: validation, knots, autograd
 # --------------------------------------------------------------------------------------
-def _validate(x, grid, base_weight, spline_weight, spline_scaler, spline_order) -> int:
+def _validate(x, grid, base_weight, spline_weight, spline_scaler, spline_order, compute_dtype) -> int:
     """Check every argument; return the grid size ``G``."""
     if isinstance(spline_order, bool) or not isinstance(spline_order, int):
         raise TypeError(f"spline_order must be an int, got {type(spline_order).__name__}")
@@ -634,10 +832,17 @@ def _validate(x, grid, base_weight, spline_weight, spline_scaler, spline_order) 
                          "dimensions first (labkit.kan.ops.bspline_kan does this)")
     if x.dtype not in _OPERAND_DTYPES:
         raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if compute_dtype is not None and compute_dtype not in _OPERAND_DTYPES:
+        raise TypeError(f"compute_dtype must be None, float32, float16 or bfloat16, got {compute_dtype}")
+    # Without compute_dtype everything is in x's dtype; with it, the weights share one dtype.
+    like, weight_dtype = ("x", x.dtype) if compute_dtype is None else ("base_weight", base_weight.dtype)
     for name in ("base_weight", "spline_weight", "spline_scaler"):
-        if name in tensors and tensors[name].dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {tensors[name].dtype} but x has {x.dtype}; cast the weights "
-                            "to x's dtype (labkit.kan.ops.bspline_kan does this under autocast)")
+        if name in tensors and tensors[name].dtype != weight_dtype:
+            raise TypeError(f"{name} has dtype {tensors[name].dtype} but {like} has {weight_dtype}; cast the "
+                            "weights to one dtype (or pass compute_dtype, as labkit.kan.ops.bspline_kan does "
+                            "under autocast)")
+    if weight_dtype not in _OPERAND_DTYPES:
+        raise TypeError(f"the weights must be float32, float16 or bfloat16, got {weight_dtype}")
     if grid.dtype != torch.float32:
         raise TypeError(f"grid must be float32 (knots rounded to 16 bits move by up to 0.4%), got {grid.dtype}; "
                         "keep the grid buffer in float32 when casting the layer")
@@ -694,55 +899,121 @@ def knot_table(grid: torch.Tensor, spline_order: int) -> torch.Tensor:
     return table
 
 
-def combined_weight(base_weight, spline_weight, spline_scaler) -> torch.Tensor:
+#: Knots count as uniform when every knot is within this many fp32 ulps (of the largest
+#: knot) of the straight line through the first and the last one.
+UNIFORM_TOLERANCE_ULPS = 4
+
+
+def uniform_step(grid: torch.Tensor, spline_order: int) -> torch.Tensor | None:
+    """``1 / step`` per input (float64) if every row of ``grid`` is uniformly spaced, else None.
+
+    The uniform recursion is used from order 2 on, where the bases and their slopes are
+    continuous: an input that rounds into the neighbouring interval right at a knot then
+    changes the result by rounding error only. (At order 0 and 1 the values or slopes jump
+    at the knots, and only the exact comparisons of the general recursion reproduce the
+    reference there.) One host synchronisation; :func:`knots_for` caches the answer.
+    """
+    if spline_order < 2 or grid.shape[1] < 2:
+        return None
+    g = grid.double()
+    step = (g[:, -1] - g[:, 0]) / (g.shape[1] - 1)
+    line = g[:, :1] + step[:, None] * torch.arange(g.shape[1], device=g.device, dtype=g.dtype)
+    tolerance = UNIFORM_TOLERANCE_ULPS * 2.0**-23 * g.abs().amax().clamp_min(1.0)
+    uniform = (step > 0).all() & ((g - line).abs().amax() <= tolerance)
+    return step.reciprocal() if bool(uniform) else None
+
+
+class Knots:
+    """What the kernels need to know about a grid: the knot table, ``G``, ``k``, and whether
+    the knots are uniform (then ``table[0, 0]`` holds the first knot and ``table[1, 0]`` the
+    inverse step of each input, which is all the uniform recursion reads)."""
+
+    def __init__(self, grid: torch.Tensor, spline_order: int):
+        self.order = spline_order
+        self.grid_size = grid.shape[1] - 2 * spline_order - 1
+        self.table = knot_table(grid, spline_order)
+        inverse_step = uniform_step(grid, spline_order)
+        self.uniform = inverse_step is not None
+        if self.uniform:
+            self.table[1, 0, : grid.shape[0]] = inverse_step.float()
+
+
+_KNOTS_CACHE: dict = {}
+_KNOTS_CACHE_SIZE = 64
+
+
+def knots_for(grid: torch.Tensor, spline_order: int) -> Knots:
+    """:class:`Knots` of ``grid``, cached per grid tensor and in-place version.
+
+    Layers change their grid only in ``update_grid`` / ``extend_grid`` (in place, which
+    bumps the tensor's version counter, or by assigning a new tensor), so every other call
+    reuses the table and the uniformity test, and costs no launches and no host sync.
+    """
+    try:
+        version = grid._version
+    except RuntimeError:  # inference tensors have no version counter: do not cache
+        return Knots(grid, spline_order)
+    key = (id(grid), spline_order)
+    hit = _KNOTS_CACHE.get(key)
+    if hit is not None and hit[0]() is grid and hit[1] == version:
+        return hit[2]
+    knots = Knots(grid, spline_order)
+    if len(_KNOTS_CACHE) >= _KNOTS_CACHE_SIZE:
+        _KNOTS_CACHE.clear()
+    _KNOTS_CACHE[key] = (weakref.ref(grid), version, knots)
+    return knots
+
+
+def combined_weight(base_weight, spline_weight, spline_scaler, dtype=None) -> torch.Tensor:
     """The weight of the one-GEMM view, ``W`` of shape ``(G + k + 1, in, out)``.
 
     ``W[0] = base_weight.T`` and ``W[1 + j] = (spline_weight[:, :, j] * spline_scaler).T``,
-    in the weights' dtype (the scaled product is rounded once, as in the reference).
+    in ``dtype`` (default: the weights'). Plain PyTorch, for reading and for tests; the
+    layer builds it with :func:`_pack_weight` (one kernel instead of several strided copies).
     """
     n_out, n_in, n_bases = spline_weight.shape
-    w = base_weight.new_empty((n_bases + 1, n_in, n_out))
+    w = base_weight.new_empty((n_bases + 1, n_in, n_out), dtype=dtype or base_weight.dtype)
     w[0].copy_(base_weight.t())
-    spline = spline_weight.permute(2, 1, 0)
-    if spline_scaler is None:
-        w[1:].copy_(spline)
-    else:
-        torch.mul(spline, spline_scaler.t(), out=w[1:])
+    spline = spline_weight.permute(2, 1, 0).float()
+    if spline_scaler is not None:
+        spline = spline * spline_scaler.t().float()
+    w[1:].copy_(spline)
     return w
 
 
 class _BSplineKAN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, grid, base_weight, spline_weight, spline_scaler, spline_order):
-        grid_size = _validate(x, grid, base_weight, spline_weight, spline_scaler, spline_order)
+    def forward(ctx, x, grid, base_weight, spline_weight, spline_scaler, spline_order, compute_dtype):
+        _validate(x, grid, base_weight, spline_weight, spline_scaler, spline_order, compute_dtype)
+        compute_dtype = compute_dtype or x.dtype
         x = x.contiguous()
-        table = knot_table(grid, spline_order)
-        precision = _dot_precision(x.dtype)
-        w = combined_weight(base_weight, spline_weight, spline_scaler)
-        y = _launch_forward(x, table, w, grid_size, spline_order, precision)
-        # Only x, the (small) knot table and the parameters themselves: W is rebuilt in
-        # backward (cheap) instead of being kept alive between forward and backward.
-        ctx.save_for_backward(x, table, base_weight, spline_weight, spline_scaler)
-        ctx.grid_size, ctx.spline_order, ctx.precision = grid_size, spline_order, precision
+        base_weight, spline_weight = base_weight.contiguous(), spline_weight.contiguous()
+        spline_scaler = None if spline_scaler is None else spline_scaler.contiguous()
+        knots = knots_for(grid, spline_order)
+        precision = _dot_precision(compute_dtype)
+        w = _pack_weight(base_weight, spline_weight, spline_scaler, compute_dtype)
+        y = _launch_forward(x, knots, w, precision)
+        # x, the packed weight (weight-sized, in the compute dtype: what autocast would
+        # cache too) and the parameters the chain rule through the scaler needs. Nothing
+        # of size rows x in x (G + k).
+        ctx.save_for_backward(x, w, spline_weight, spline_scaler)
+        ctx.knots, ctx.precision = knots, precision
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, table, base_weight, spline_weight, spline_scaler = ctx.saved_tensors
-        need_x, _, need_base, need_spline, need_scaler, _ = ctx.needs_input_grad
-        dy = dy.to(x.dtype).contiguous()
-        g, k, precision = ctx.grid_size, ctx.spline_order, ctx.precision
+        x, w, spline_weight, spline_scaler = ctx.saved_tensors
+        need_x, _, need_base, need_spline, need_scaler, _, _ = ctx.needs_input_grad
+        dy = dy.to(w.dtype).contiguous()
         dx = d_base = d_spline = d_scaler = None
         if need_x:
-            w = combined_weight(base_weight, spline_weight, spline_scaler)
-            dx = _launch_grad_input(dy, w, x, table, g, k, precision)
-            del w
+            dx = _launch_grad_input(dy, w, x, ctx.knots, ctx.precision)
         if need_base or need_spline or need_scaler:
             d_base, d_spline, d_scaler = _launch_grad_weight(
-                x, table, dy, base_weight, spline_weight, spline_scaler, g, k, precision)
+                x, ctx.knots, dy, spline_weight, spline_scaler, ctx.precision)
         return (dx, None, d_base if need_base else None, d_spline if need_spline else None,
-                d_scaler if need_scaler else None, None)
+                d_scaler if need_scaler else None, None, None)
 
 
 def bspline_kan_triton(
@@ -752,21 +1023,26 @@ def bspline_kan_triton(
     spline_weight: torch.Tensor,
     spline_scaler: torch.Tensor | None,
     spline_order: int,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """B-spline KAN layer with fused Triton kernels; differentiable in x and all weights.
 
     Args:
         x: (M, in) activations, float32 / float16 / bfloat16.
         grid: (in, G + 2k + 1) float32 knots, one non-decreasing row per input (not differentiated).
-        base_weight: (out, in), x's dtype.
-        spline_weight: (out, in, G + k), x's dtype.
-        spline_scaler: (out, in) in x's dtype, or None.
+        base_weight: (out, in).
+        spline_weight: (out, in, G + k).
+        spline_scaler: (out, in), or None.
         spline_order: k, 0 .. MAX_SPLINE_ORDER.
+        compute_dtype: the dtype of the GEMM operands and of ``y``. None: x's dtype, and the
+            weights must have it too. Given (what :func:`labkit.kan.ops.bspline_kan` does under
+            autocast), x and the weights may be of any supported dtype: the kernels cast on
+            load, and the gradients come back in the dtypes of x and of the weights.
 
     Returns:
-        y: (M, out) in x's dtype, ``silu(x) @ base_weight.T + B(x) @ (spline_weight * scaler).T``.
+        y: (M, out) in ``compute_dtype``, ``silu(x) @ base_weight.T + B(x) @ (spline_weight * scaler).T``.
     """
-    return _BSplineKAN.apply(x, grid, base_weight, spline_weight, spline_scaler, spline_order)
+    return _BSplineKAN.apply(x, grid, base_weight, spline_weight, spline_scaler, spline_order, compute_dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -809,8 +1085,9 @@ def _selfcheck(rows: int = 4096, n_in: int = 768, n_out: int = 3072, grid_size: 
         p, dy = leaves(dtype), dy32.to(dtype)
 
         def run():
-            y = fn(p["x"], grid if dtype != torch.float64 else grid.double(), p["base_weight"], p["spline_weight"],
-                   p["spline_scaler"], spline_order)
+            # The kernels take fp32 knots in every dtype; the reference computes in one dtype.
+            knots = grid if fn is bspline_kan_triton else grid.to(dtype)
+            y = fn(p["x"], knots, p["base_weight"], p["spline_weight"], p["spline_scaler"], spline_order)
             return y, torch.autograd.grad(y, list(p.values()), dy)
 
         return run
