@@ -78,6 +78,21 @@ def missing_figures(nb) -> list[int]:
     return missing
 
 
+def cpu_full_runs(notebook_dir: Path | None = None) -> list[str]:
+    """Full-profile pairs that were executed without a GPU: their outputs are honest (every
+    notebook prints its device first) but GPU-only cells show their CPU fallback. ``check``
+    reports them as warnings; re-execute them on a GPU when one is available."""
+    import nbformat
+
+    notes = []
+    for ipynb in sorted(Path(notebook_dir or NOTEBOOK_DIR).glob("*.ipynb")):
+        meta = nbformat.read(ipynb, as_version=4).metadata.get("labkit", {})
+        if meta.get("profile") == "full" and meta.get("device") == "cpu":
+            notes.append(f"{ipynb.name}: full profile executed on the CPU; re-execute it on a GPU "
+                         f"(python -m labkit.book execute --profile full notebooks/{ipynb.with_suffix('.py').name})")
+    return notes
+
+
 def paired_ipynb(py_path: Path) -> Path:
     return Path(py_path).with_suffix(".ipynb")
 
@@ -147,7 +162,7 @@ def read_notebook(text: str):
 # ----------------------------------------------------------------------------- execution
 
 
-def execute(py_path: Path, profile: str, timeout: int = 1200, kernel: str = "python3") -> Path:
+def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "python3") -> Path:
     """Execute one ``.py`` notebook in ``profile`` and write its paired ``.ipynb`` with the outputs."""
     import jupytext
     import nbformat
@@ -162,8 +177,15 @@ def execute(py_path: Path, profile: str, timeout: int = 1200, kernel: str = "pyt
     # inline backend from storing figures: the .ipynb would hold "<Figure ...>" text only.
     os.environ.pop("MPLBACKEND", None)
     start = time.perf_counter()
+
+    def progress(cell, cell_index, **_):  # one line per code cell, so that a stall shows where
+        if cell.cell_type == "code":
+            first = cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ""
+            print(f"  [{time.perf_counter() - start:7.1f} s] cell {cell_index}: {first}", flush=True)
+
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(py_path.parent)}}
+        nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(py_path.parent)}},
+        on_cell_start=progress,
     )
     client.execute()
     seconds = time.perf_counter() - start
@@ -211,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("execute", help="execute notebooks and refresh their .ipynb pairs")
     ex.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.py")
     ex.add_argument("--profile", default=None, help="quick | full | paper (default: full with CUDA, else quick)")
-    ex.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    ex.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     sub.add_parser("check", help="check that every pair is in sync and holds a full-profile run")
     fig = sub.add_parser("figure", help="save a figure of a committed run as PNG (for the README)")
     fig.add_argument("ipynb", type=Path)
@@ -225,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check":
         problems = check_pairs()
+        for note in cpu_full_runs():
+            print("WARN", note)
         for p in problems:
             print("FAIL", p)
         print("pairs ok" if not problems else f"{len(problems)} problem(s)")

@@ -124,6 +124,20 @@ def test_check_passes_a_pair_with_its_figures(tmp_path, monkeypatch, capsys):
     assert book.main(["check"]) == 0 and "pairs ok" in capsys.readouterr().out
 
 
+def test_check_warns_about_full_runs_made_without_a_gpu(tmp_path, monkeypatch, capsys):
+    png = nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})
+    _write_pair(tmp_path, "plot_sweeps(bench);", [png])
+    stored = nbformat.read(tmp_path / "page.ipynb", as_version=4)
+    stored.metadata["labkit"]["device"] = "cpu"
+    nbformat.write(stored, tmp_path / "page.ipynb")
+    assert book.cpu_full_runs(tmp_path) == [
+        "page.ipynb: full profile executed on the CPU; re-execute it on a GPU "
+        "(python -m labkit.book execute --profile full notebooks/page.py)"]
+    monkeypatch.setattr(book, "NOTEBOOK_DIR", tmp_path)
+    assert book.main(["check"]) == 0  # a warning, not a failure
+    assert "WARN page.ipynb: full profile executed on the CPU" in capsys.readouterr().out
+
+
 def test_missing_figures_sees_plot_helpers():
     assert book.missing_figures(_nb("plot_sweeps(bench);", count=1)) == [1]
     assert book.missing_figures(_nb("from labkit.kan.bench import plot_sweeps", count=1)) == []
