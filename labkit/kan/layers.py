@@ -23,7 +23,6 @@ the PyTorch reference (``layer.backend = "auto" | "triton" | "torch"``).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Sequence
 
@@ -157,25 +156,11 @@ class KANLinear(nn.Module):
             self.grid = knots.to(device=self.grid.device, dtype=torch.float32)  # from the unrounded knots
         return self
 
-    def _compute_in_layer_dtype(self, x: torch.Tensor):
-        """Context for the forward pass of a 16-bit layer, whose knots stay float32.
-
-        The Triton kernels take 16-bit operands with float32 knots as they are. The PyTorch
-        path computes the bases from float32 knots in float32, and its matmul would then mix
-        float32 bases with 16-bit weights (an error); autocast to the layer's dtype makes it
-        take both in 16 bits. A no-op for layers whose knots have the activations' dtype, and
-        under an autocast the caller opened.
-        """
-        device_type = x.device.type
-        if x.dtype not in HALF_DTYPES or x.dtype == self.grid.dtype or torch.is_autocast_enabled(device_type):
-            return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=x.dtype)
-
     # ----------------------------------------------------------------- the math
     def b_splines(self, x: torch.Tensor) -> torch.Tensor:
         """B-spline bases of x: (..., in) -> (..., in, G + k), in x's dtype."""
         check_layer_input(x, self.in_features, self.base_weight, self.check_inputs)
-        return reference.bspline_basis(x, self.grid, self.spline_order).to(x.dtype)
+        return reference.bspline_basis(x, self.grid, self.spline_order)
 
     def curve2coeff(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Coefficients whose splines pass closest to the samples, per edge.
@@ -200,12 +185,11 @@ class KANLinear(nn.Module):
         """(..., in) -> (..., out)."""
         check_layer_input(x, self.in_features, self.base_weight, self.check_inputs)
         if isinstance(self.base_activation, nn.SiLU):  # the formula the kernels implement
-            with self._compute_in_layer_dtype(x):
-                return ops.bspline_kan(
-                    x, self.grid, self.base_weight, self.spline_weight, self.spline_scaler,
-                    self.spline_order, backend=self.backend,
-                )
-        basis = reference.bspline_basis(x, self.grid, self.spline_order).to(x.dtype).flatten(-2)
+            return ops.bspline_kan(
+                x, self.grid, self.base_weight, self.spline_weight, self.spline_scaler,
+                self.spline_order, backend=self.backend,
+            )
+        basis = reference.bspline_basis(x, self.grid, self.spline_order).flatten(-2)
         spline = F.linear(basis, self.scaled_spline_weight.reshape(self.out_features, -1))
         return F.linear(self.base_activation(x), self.base_weight) + spline
 

@@ -41,7 +41,10 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> tor
 
     Cox-de Boor recursion. Order-0 bases use half-open intervals ``[t_j, t_{j+1})``,
     so a point on the last knot (or outside the extended grid) has all bases 0.
+    The recursion runs in the wider of x's and the knots' dtypes (a 16-bit layer keeps
+    float32 knots) and the result is rounded once, to x's dtype.
     """
+    dtype = x.dtype
     x = x.unsqueeze(-1)  # (..., in, 1) broadcasts against grid rows (in, n_knots)
     bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)
     for k in range(1, spline_order + 1):
@@ -49,7 +52,7 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> tor
         rising = (x - lo) / (grid[:, k:-1] - lo)
         falling = (hi - x) / (hi - grid[:, 1:-k])
         bases = rising * bases[..., :-1] + falling * bases[..., 1:]
-    return bases
+    return bases.to(dtype)
 
 
 def scaled_spline_weight(spline_weight: torch.Tensor, spline_scaler: torch.Tensor | None) -> torch.Tensor:

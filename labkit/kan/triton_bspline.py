@@ -14,7 +14,7 @@ Give every input ``i`` the ``F = G + k + 1`` *features*
 * spline_scaler).T``). Then ``y = sum_f feature_f(x) @ W[f]``: a GEMM with ``K = in * F``.
 efficient-kan materialises the (M, in, G+k) feature tensor and keeps it for backward; here
 the features are recomputed in registers, tile by tile, and fed straight to ``tl.dot``.
-``W`` is weight-sized, so building it in PyTorch once per call is cheap.
+``W`` is weight-sized, so building it once per call (one small kernel, below) is cheap.
 
 Kernels (rows ``M``, inputs ``K``, outputs ``N`` in all block names)
 -------------------------------------------------------------------
@@ -764,7 +764,8 @@ _UNPACK_BLOCK = 32  # (outputs, inputs) tile of the pack / unpack kernels
 
 
 def _pack_weight(base_weight, spline_weight, spline_scaler, dtype) -> torch.Tensor:
-    """The combined weight ``W`` (G + k + 1, in, out) in ``dtype`` (see :func:`combined_weight`)."""
+    """The combined weight ``W`` (G + k + 1, in, out) in ``dtype``: ``W[0] = base_weight.T``,
+    ``W[1 + j] = (spline_weight[:, :, j] * spline_scaler).T`` (see :func:`_pack_weight_kernel`)."""
     n_out, n_in, n_bases = spline_weight.shape
     w = torch.empty((n_bases + 1, n_in, n_out), device=spline_weight.device, dtype=dtype)
     grid = (triton.cdiv(n_out, _UNPACK_BLOCK), triton.cdiv(n_in, _UNPACK_BLOCK))
@@ -964,23 +965,6 @@ def knots_for(grid: torch.Tensor, spline_order: int) -> Knots:
     return knots
 
 
-def combined_weight(base_weight, spline_weight, spline_scaler, dtype=None) -> torch.Tensor:
-    """The weight of the one-GEMM view, ``W`` of shape ``(G + k + 1, in, out)``.
-
-    ``W[0] = base_weight.T`` and ``W[1 + j] = (spline_weight[:, :, j] * spline_scaler).T``,
-    in ``dtype`` (default: the weights'). Plain PyTorch, for reading and for tests; the
-    layer builds it with :func:`_pack_weight` (one kernel instead of several strided copies).
-    """
-    n_out, n_in, n_bases = spline_weight.shape
-    w = base_weight.new_empty((n_bases + 1, n_in, n_out), dtype=dtype or base_weight.dtype)
-    w[0].copy_(base_weight.t())
-    spline = spline_weight.permute(2, 1, 0).float()
-    if spline_scaler is not None:
-        spline = spline * spline_scaler.t().float()
-    w[1:].copy_(spline)
-    return w
-
-
 class _BSplineKAN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, grid, base_weight, spline_weight, spline_scaler, spline_order, compute_dtype):
@@ -1085,9 +1069,8 @@ def _selfcheck(rows: int = 4096, n_in: int = 768, n_out: int = 3072, grid_size: 
         p, dy = leaves(dtype), dy32.to(dtype)
 
         def run():
-            # The kernels take fp32 knots in every dtype; the reference computes in one dtype.
-            knots = grid if fn is bspline_kan_triton else grid.to(dtype)
-            y = fn(p["x"], knots, p["base_weight"], p["spline_weight"], p["spline_scaler"], spline_order)
+            y = fn(p["x"], grid if dtype != torch.float64 else grid.double(), p["base_weight"], p["spline_weight"],
+                   p["spline_scaler"], spline_order)
             return y, torch.autograd.grad(y, list(p.values()), dy)
 
         return run
