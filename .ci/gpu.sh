@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the project's `device` tool; not part of CI).
-# Usage: bash .ci/gpu.sh STEP...   with steps: env tests bench-kan notebooks
+# Usage: bash .ci/gpu.sh STEP...   with steps: env tests bench-kan notebooks nb:NAME bench:SUITE pytest:ARGS
+# (pytest:ARGS takes one word; use pytest:tests/test_x.py::name)
 # The machine has torch/triton but no Jupyter stack: wheels for it travel in .whl/.
 set -uo pipefail
 # No MPLBACKEND here: executed notebooks need the inline backend to store their figures.
@@ -22,6 +23,13 @@ for step in "$@"; do
                    cp bench/results/*/kan*.json "$OUT/" ;;
         notebooks) python3 -m labkit.book execute --profile full 2>&1 | tee "$OUT/notebooks.log" | tail -20
                    cp notebooks/*.ipynb "$OUT/" ;;
+        nb:*) name=${step#nb:}   # one notebook, e.g. nb:03_csos
+              python3 -m labkit.book execute --profile full --timeout "${CELL_TIMEOUT:-600}" "notebooks/$name.py" 2>&1 | tee -a "$OUT/notebooks.log" | tail -8
+              cp "notebooks/$name.ipynb" "$OUT/" ;;
+        bench:*) suite=${step#bench:}   # one suite, e.g. bench:flow
+                 python3 -m labkit.bench "$suite" 2>&1 | tee -a "$OUT/bench_$suite.log" | tail -30
+                 cp bench/results/*/"$suite".json "$OUT/" ;;
+        pytest:*) python3 -m pytest -q -p no:cacheprovider ${step#pytest:} 2>&1 | tee -a "$OUT/pytest.log" | tail -15 ;;
         *) python3 -m "$step" 2>&1 | tee -a "$OUT/steps.log" | tail -40 ;;
     esac
     [ "${PIPESTATUS[0]}" = 0 ] || status=1

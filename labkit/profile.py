@@ -54,6 +54,16 @@ _SIZES: dict[str, dict[str, dict]] = {
                       sweep_decays=(0.0, 0.5, 0.75, 0.875), sweep_alphas=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
                       sweep_steps=(1, 5, 20), extra_steps=100, full_mnist_epochs=0),
     },
+    "sda": {
+        # Chapter 4 (Kolmogorov flow). The data set: trajectories simulated, fine grid size and
+        # coarsening factor (the stored states are size / factor per side), spin-up and kept
+        # snapshots (0.2 time units apart), trajectories per batch. quick keeps the stored shape
+        # (64 x 64) but simulates on that grid directly (under-resolved at Re 1000: a CI-sized
+        # stand-in, not the data) and keeps fewer, shorter trajectories.
+        "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16),
+        "full": dict(trajectories=128, size=256, factor=4, spinup=64, length=64, batch=128),
+        "paper": dict(trajectories=1024, size=256, factor=4, spinup=64, length=64, batch=256),
+    },
 }
 
 

@@ -11,6 +11,8 @@ SUITES = {
     "smoke": "labkit.bench.smoke:run",
     "kan": "labkit.kan.bench:run",
     "kan-sweeps": "labkit.kan.bench:run_sweeps",
+    "flow": "labkit.sda.bench:run",
+    "flow-cpu": "labkit.sda.bench:run_cpu_comparison",
 }
 
 __all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "write_results"]

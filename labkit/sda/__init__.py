@@ -1,8 +1,12 @@
-"""Chapter 4a: score-based data assimilation on 2-D Kolmogorov flow.
+"""Chapter 4: score-based data assimilation on 2-D Kolmogorov flow.
 
-``labkit.sda.flow`` holds the pseudo-spectral Navier-Stokes solver that generates the data
-(:class:`KolmogorovFlow`).
+* :mod:`labkit.sda.flow`: :class:`KolmogorovFlow`, the batched pseudo-spectral solver;
+* :mod:`labkit.sda.data`: the data set (``python -m labkit.sda.generate``), :class:`TrajectoryDataset`;
+* :mod:`labkit.sda.stats`: flow statistics and the original data's reference values;
+* :mod:`labkit.sda.plots`: the chapter's figures; :mod:`labkit.sda.bench`: benchmark suites ``flow``, ``flow-cpu``;
+* :mod:`labkit.sda.jaxcfd`: the cross-check against jax-cfd (optional extra ``jaxcfd``).
 """
+from labkit.sda.data import DatasetSpec, TrajectoryDataset, generate, read_split
 from labkit.sda.flow import KolmogorovFlow
 
-__all__ = ["KolmogorovFlow"]
+__all__ = ["KolmogorovFlow", "DatasetSpec", "TrajectoryDataset", "generate", "read_split"]

@@ -1,0 +1,92 @@
+"""Figures for chapter 4: vorticity fields, an animation, spectra and flow statistics.
+
+Arrays follow the data's convention, axis -2 = x and axis -1 = y; ``imshow`` wants rows = y, so
+fields are drawn transposed with the origin at the bottom left (x to the right, y up).
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+VORTICITY_RANGE = 1.25  # the original's colour range for its (grid-unit) vorticity
+CMAP = "RdBu_r"
+
+
+def _np(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _field(ax, w, vmax, title=""):
+    image = ax.imshow(_np(w).T, origin="lower", cmap=CMAP, vmin=-vmax, vmax=vmax, extent=(0, 2 * np.pi, 0, 2 * np.pi))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return image
+
+
+def vorticity_row(fields, titles, vmax: float = VORTICITY_RANGE, label: str = "vorticity (grid units)"):
+    """One row of vorticity fields (each (H, W)) with a shared colour scale."""
+    fig, axes = plt.subplots(1, len(fields), figsize=(2.1 * len(fields) + 0.6, 2.3), squeeze=False)
+    for ax, w, title in zip(axes[0], fields, titles):
+        image = _field(ax, w, vmax, title)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label=label)
+    return fig
+
+
+def animation(fields, times, vmax: float = VORTICITY_RANGE, interval_ms: int = 120):
+    """An HTML animation (matplotlib's JavaScript player) of vorticity fields (T, H, W)."""
+    from matplotlib import animation as mpl_animation
+    from IPython.display import HTML
+
+    fields = _np(fields)
+    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=72)
+    image = _field(ax, fields[0], vmax, f"t = {times[0]:.1f}")
+
+    def draw(i):
+        image.set_data(fields[i].T)
+        ax.set_title(f"t = {times[i]:.1f}", fontsize=9)
+        return (image,)
+
+    player = mpl_animation.FuncAnimation(fig, draw, frames=len(fields), interval=interval_ms, blit=True)
+    html = HTML(player.to_jshtml(default_mode="loop"))
+    plt.close(fig)
+    return html
+
+
+def spectrum(k, energy, references: dict | None = None, slope_anchor: int = 8):
+    """Log-log energy spectrum E(k) with a k^-3 line through E(slope_anchor) and reference points."""
+    k, energy = _np(k), _np(energy)
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    keep = k >= 1
+    ax.loglog(k[keep], energy[keep], "-", label="this chapter's data")
+    ks = np.arange(slope_anchor, k.max() + 1)
+    ax.loglog(ks, energy[slope_anchor] * (ks / slope_anchor) ** -3.0, "k--", lw=1, label=r"$k^{-3}$")
+    for name, points in (references or {}).items():
+        kk = np.array(sorted(points))
+        ax.loglog(kk, [points[i] for i in kk], "o", ms=4, label=name)
+    ax.set_xlabel("wavenumber k")
+    ax.set_ylabel("E(k)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def jet_and_correlation(y, profile, amplitude, lags, correlations, references: dict | None = None):
+    """Left: the time-mean jet <u>(y) and a sin(4y) fit; right: correlation against lag (time units)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    y, profile = _np(y), _np(profile)
+    axes[0].plot(y, profile, ".-", label=r"$\langle u \rangle(y)$")
+    axes[0].plot(y, amplitude * np.sin(4 * y), "k--", lw=1, label=f"{amplitude:.3f} sin(4y)")
+    axes[0].set_xlabel("y")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("mean jet")
+    axes[1].plot(lags, correlations, ".-", label="this chapter's data")
+    for name, points in (references or {}).items():
+        axes[1].plot(list(points), list(points.values()), "o", ms=5, label=name)
+    axes[1].set_xlabel("lag (time units)")
+    axes[1].set_ylabel("correlation")
+    axes[1].set_title("correlation of states a lag apart")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
