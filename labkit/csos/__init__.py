@@ -7,6 +7,6 @@
 """
 from labkit.csos import analysis, train
 from labkit.csos.model import CSOS
-from labkit.csos.train import History, TrainConfig, evaluate, fit, load_mnist
+from labkit.csos.train import History, TrainConfig, evaluate, fit, fit_seeds, load_mnist
 
-__all__ = ["CSOS", "History", "TrainConfig", "analysis", "evaluate", "fit", "load_mnist", "train"]
+__all__ = ["CSOS", "History", "TrainConfig", "analysis", "evaluate", "fit", "fit_seeds", "load_mnist", "train"]

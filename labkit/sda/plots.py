@@ -35,23 +35,36 @@ def vorticity_row(fields, titles, vmax: float = VORTICITY_RANGE, label: str = "v
 
 
 def animation(fields, times, vmax: float = VORTICITY_RANGE, interval_ms: int = 120):
-    """An HTML animation (matplotlib's JavaScript player) of vorticity fields (T, H, W)."""
-    from matplotlib import animation as mpl_animation
+    """A looping animation of vorticity fields (T, H, W), as a self-contained HTML ``<img>`` (GIF).
+
+    A GIF needs no player script and fetches nothing: matplotlib's JavaScript player loads its
+    button icons from a CDN, which an offline copy of the book cannot reach.
+    """
     from IPython.display import HTML
+    from PIL import Image
 
     fields = _np(fields)
     fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=72)
-    image = _field(ax, fields[0], vmax, f"t = {times[0]:.1f}")
-
-    def draw(i):
+    image = _field(ax, fields[0], vmax)
+    frames = []
+    for i in range(len(fields)):
         image.set_data(fields[i].T)
         ax.set_title(f"t = {times[i]:.1f}", fontsize=9)
-        return (image,)
-
-    player = mpl_animation.FuncAnimation(fig, draw, frames=len(fields), interval=interval_ms, blit=True)
-    html = HTML(player.to_jshtml(default_mode="loop"))
+        fig.canvas.draw()
+        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
     plt.close(fig)
-    return html
+    return HTML(gif_html(frames, interval_ms))
+
+
+def gif_html(frames, interval_ms: int = 120) -> str:
+    """PIL images -> an ``<img>`` tag holding them as a looping GIF (base64)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=interval_ms, loop=0)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img src="data:image/gif;base64,{data}" alt="vorticity animation" style="max-width: 100%">'
 
 
 def spectrum(k, energy, references: dict | None = None, slope_anchor: int = 8):

@@ -1,0 +1,321 @@
+"""The diffusion part of score-based data assimilation (SDA, Rozet & Louppe 2023).
+
+Noising (a variance-preserving SDE, in closed form)::
+
+    x_t = mu(t) x + sigma(t) eps,   eps ~ N(0, I),   t in [0, 1],
+    sigma(t) = sqrt(1 - mu(t)^2 + eta^2),
+
+with three choices of mu (``alpha`` below, as in the original code; eta = 1e-3 by default):
+
+* ``'cos'``: mu = cos(omega t)^2 with omega = arccos(sqrt(eta)), so that mu(1) = eta exactly.
+  Note the **square**: this is not the usual cosine schedule cos(pi t / 2).
+* ``'lin'``: mu = 1 - (1 - eta) t;
+* ``'exp'``: mu = exp(t^2 log eta)  (azula's ``VPSchedule``).
+
+All three give mu(0) = 1, sigma(0) = eta, mu(1) = eta, sigma(1) = 1.
+
+A network ``eps(x_t, t)`` is trained to predict the noise (``VPSDE.loss``); the score is then
+grad log p_t(x_t) = -eps(x_t, t) / sigma(t). ``VPSDE.sample`` integrates from t = 1 to 0 with
+
+* a predictor, the exponential integrator (= DDIM with eta = 0), exact when eps is constant::
+
+      x_s = r x_t + (sigma_s - r sigma_t) eps(x_t, t),    r = mu_s / mu_t,   s = t - 1/steps;
+
+* ``corrections`` Langevin corrector steps at the new time s: with the score -eps/sigma and the
+  step size delta' = tau sigma^2 / mean(eps^2) (i.e. tau D / |score|^2, the paper's Eq. 17),
+  x <- x + delta' score + sqrt(2 delta') z, which reads, in terms of eps and delta = tau / mean(eps^2),
+  x <- x - sigma (delta eps - sqrt(2 delta) z)   (the original's eps form, no division by sigma).
+
+Data assimilation replaces ``eps`` by a posterior one: :class:`GaussianScore` (SDA's
+likelihood score with the variance std^2 + gamma (sigma/mu)^2) or :class:`DPSGaussianScore`
+(the DPS baseline, a normalised gradient). Both take an inner :class:`VPSDE` that only provides
+mu, sigma and the prior network, and are themselves the ``eps`` of an outer VPSDE that samples.
+
+Conventions: the network is always called as ``eps(x, t)`` (or ``eps(x, t, c)`` when a
+condition ``c`` is given) with ``x`` of shape (B, *shape) and ``t`` of shape (B,).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from labkit.sda.flow import KolmogorovFlow
+
+__all__ = ["ALPHAS", "VPSDE", "schedule_table", "SEED_TABLE", "GaussianScore", "DPSGaussianScore",
+           "coarse_observation", "subsample", "saturating_vorticity"]
+
+ALPHAS = ("cos", "lin", "exp")
+
+# The design document's table (seed 002): t -> (mu, sigma) for 'cos', eta = 1e-3, as printed.
+SEED_TABLE = {0.0: (1.00, 0.001), 0.25: (0.85, 0.53), 0.5: (0.50, 0.87), 0.75: (0.15, 0.99), 1.0: (0.001, 1.00)}
+
+
+def _check_schedule(alpha: str, eta: float) -> None:
+    if alpha not in ALPHAS:
+        raise ValueError(f"alpha must be one of {ALPHAS}, got {alpha!r}")
+    if not (isinstance(eta, (int, float)) and 0.0 < eta < 1.0):
+        raise ValueError(f"eta must be a number in (0, 1) (the noise floor sigma(0) = mu(1)), got {eta!r}")
+
+
+def _mu(t: torch.Tensor, alpha: str, eta: float) -> torch.Tensor:
+    """The signal coefficient mu(t) of the schedule ``alpha`` (see the module docstring)."""
+    if alpha == "cos":
+        return torch.cos(math.acos(math.sqrt(eta)) * t) ** 2
+    if alpha == "lin":
+        return 1 - (1 - eta) * t
+    return torch.exp(math.log(eta) * t**2)  # 'exp'
+
+
+def _sigma(mu: torch.Tensor, eta: float) -> torch.Tensor:
+    return (1 - mu**2 + eta**2).sqrt()
+
+
+def schedule_table(alpha: str = "cos", eta: float = 1e-3,
+                   ts: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> list[tuple[float, float, float, float]]:
+    """Rows (t, mu, sigma, SNR = mu^2 / sigma^2) of a schedule, computed in float64.
+
+    Against the design document's table (:data:`SEED_TABLE`, 'cos', eta = 1e-3): the end rows
+    are right (mu(0) = 1, sigma(0) = 1e-3, mu(1) = 1e-3 and sigma(1) = 1, all exact), and so is
+    sigma(0.75) = 0.9865 -> 0.99. The three middle rows are the eta -> 0 limit mu = cos(pi t / 2)^2
+    (omega = pi/2 = 1.5708 instead of arccos(sqrt(1e-3)) = 1.5392), and five of their entries are
+    wrong at the two decimals printed: mu(0.25) = 0.8591 (table 0.85), sigma(0.25) = 0.5118 (0.53,
+    which is sqrt(1 - 0.85^2): computed from the rounded mu), mu(0.5) = 0.5158 (0.50),
+    sigma(0.5) = 0.8567 (0.87), mu(0.75) = 0.1636 (0.15).
+    """
+    _check_schedule(alpha, eta)
+    t = torch.as_tensor(list(ts), dtype=torch.float64)
+    if t.dim() != 1 or ((t < 0) | (t > 1)).any():
+        raise ValueError(f"ts must be a sequence of times in [0, 1], got {ts!r}")
+    mu = _mu(t, alpha, eta)
+    sigma = _sigma(mu, eta)
+    return [(a, b, c, b**2 / c**2) for a, b, c in zip(t.tolist(), mu.tolist(), sigma.tolist())]
+
+
+def _call(eps: Callable, x: torch.Tensor, t: torch.Tensor, c=None) -> torch.Tensor:
+    return eps(x, t) if c is None else eps(x, t, c)
+
+
+def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Append singleton axes to t so that it broadcasts against x along x's leading axes."""
+    return t.reshape(t.shape + (1,) * (x.dim() - t.dim()))
+
+
+class VPSDE(nn.Module):
+    """Variance-preserving diffusion with an epsilon network (see the module docstring).
+
+    Args:
+        eps: the noise estimator eps(x_t, t) -> same shape as x_t (an ``nn.Module``, whose
+            parameters become this module's, or any callable, e.g. a guided score).
+        shape: the event shape, e.g. (L, 2, 64, 64) for a trajectory; () for scalars.
+        alpha: the schedule of mu(t), ``'cos'`` (default), ``'lin'`` or ``'exp'``.
+        eta: the noise floor: sigma(0) = mu(1) = eta.
+    """
+
+    def __init__(self, eps: Callable, shape: Sequence[int] | int = (), alpha: str = "cos", eta: float = 1e-3):
+        super().__init__()
+        _check_schedule(alpha, eta)
+        if not callable(eps):
+            raise TypeError(f"eps must be a callable eps(x_t, t), got {type(eps).__name__}")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if not all(isinstance(n, int) and n > 0 for n in shape):
+            raise ValueError(f"shape must be a tuple of positive integers (the event shape), got {shape!r}")
+        self.eps, self.shape, self.alpha, self.eta = eps, torch.Size(shape), alpha, float(eta)
+        self.dims = tuple(range(-len(shape), 0))  # the event axes
+        # Follows .to(device) / .double(): the device and dtype that sample() draws its noise in.
+        self.register_buffer("_anchor", torch.empty(()), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.shape)}, alpha={self.alpha!r}, eta={self.eta:g}"
+
+    def mu(self, t) -> torch.Tensor:
+        return _mu(torch.as_tensor(t, dtype=self._anchor.dtype, device=self._anchor.device), self.alpha, self.eta)
+
+    def sigma(self, t) -> torch.Tensor:
+        return _sigma(self.mu(t), self.eta)
+
+    def _check_x(self, x: torch.Tensor) -> None:
+        n = len(self.shape)
+        if not isinstance(x, torch.Tensor) or x.dim() != n + 1 or x.shape[1:] != self.shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (batch, *{tuple(self.shape)}), got {got}")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, train: bool = False):
+        """Noise x (B, *shape) to times t (B,) or (): x_t, or (x_t, eps) when ``train`` (as the original)."""
+        self._check_x(x)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
+            raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
+        t = _expand(t, x)
+        eps = torch.randn_like(x)
+        x_t = self.mu(t) * x + self.sigma(t) * eps
+        return (x_t, eps) if train else x_t
+
+    def loss(self, x: torch.Tensor, c=None) -> torch.Tensor:
+        """Epsilon matching: mean over all elements of (eps(x_t, t) - eps)^2, t ~ U(0, 1) per sample."""
+        self._check_x(x)
+        t = torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
+        x_t, eps = self.forward(x, t, train=True)
+        return (_call(self.eps, x_t, t, c) - eps).square().mean()
+
+    @torch.no_grad()
+    def sample(self, shape: Sequence[int] | int = (), c=None, steps: int = 64, corrections: int = 0,
+               tau: float = 1.0, progress: bool = True) -> torch.Tensor:
+        """Draw samples of shape (*shape, *self.shape), integrating from t = 1 down to t = 0.
+
+        ``steps`` predictor steps on an even grid, each followed by ``corrections`` Langevin
+        steps of relative size ``tau`` (the paper uses 256 steps, 1 correction, tau = 0.5 for
+        Kolmogorov). Guided scores compute gradients inside (they re-enable autograd).
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if isinstance(corrections, bool) or not isinstance(corrections, int) or corrections < 0:
+            raise ValueError(f"corrections must be an integer >= 0, got {corrections!r}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0 (the Langevin step size relative to sigma^2), got {tau!r}")
+        shape = torch.Size((shape,) if isinstance(shape, int) else shape)
+        like = self._anchor
+        x = torch.randn(shape + self.shape, dtype=like.dtype, device=like.device)
+        x = x.reshape(-1, *self.shape)  # one batch axis for the network
+        ones = torch.ones(x.shape[0], dtype=like.dtype, device=like.device)
+        time = torch.linspace(1, 0, steps + 1, dtype=like.dtype, device=like.device)
+
+        for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+            t, s = time[i], time[i + 1]
+            # Predictor: exponential integrator from t to s.
+            r = self.mu(s) / self.mu(t)
+            x = r * x + (self.sigma(s) - r * self.sigma(t)) * _call(self.eps, x, t * ones, c)
+            # Corrector: Langevin steps at s, with delta' = tau sigma^2 / mean(eps^2) (eps form).
+            for _ in range(corrections):
+                z = torch.randn_like(x)
+                e = _call(self.eps, x, s * ones, c)
+                e2 = e.square().mean(dim=self.dims, keepdim=True) if self.dims else e.square()
+                delta = tau / e2
+                x = x - self.sigma(s) * (delta * e - torch.sqrt(2 * delta) * z)
+        return x.reshape(shape + self.shape)
+
+
+class GaussianScore(nn.Module):
+    """SDA's posterior epsilon for y = A(x) + noise, noise ~ N(0, std^2), as a callable eps'(x_t, t).
+
+    With the prior's x_hat = (x_t - sigma eps(x_t, t)) / mu (Tweedie's denoised estimate), the
+    likelihood is approximated by p(y | x_t) = N(y | A(x_hat), std^2 + gamma (sigma / mu)^2): the
+    gamma term stands in for the unknown covariance of x given x_t, and keeps the guidance weak
+    while mu is small (mu(1) = 1e-3 amplifies x_hat 1000x). Then
+
+        eps'(x_t, t) = eps(x_t, t) - sigma grad_{x_t} log p(y | x_t),
+
+    the gradient flowing through A and through the network (``detach=True`` skips the latter:
+    cheaper, a cruder approximation). ``sde`` is a :class:`VPSDE` whose ``eps`` is the prior
+    network; only its mu, sigma and eps are used (its shape is ignored). ``A`` must keep the
+    leading batch axis of x and may be non-linear; ``std`` is a number or broadcasts against y.
+    """
+
+    def __init__(self, y: torch.Tensor, A: Callable, std, sde: VPSDE, gamma: float = 1e-2, detach: bool = False):
+        super().__init__()
+        if not callable(A):
+            raise TypeError("A must be a callable observation operator A(x)")
+        if not isinstance(sde, VPSDE):
+            raise TypeError(f"sde must be a VPSDE (it provides mu, sigma and the prior eps), got {type(sde).__name__}")
+        if not torch.all(torch.as_tensor(std) > 0) or not gamma >= 0:
+            raise ValueError(f"std must be > 0 and gamma >= 0, got std={std!r}, gamma={gamma!r}")
+        self.register_buffer("y", torch.as_tensor(y))
+        self.register_buffer("std", torch.as_tensor(std, dtype=self.y.dtype))
+        self.A, self.sde, self.gamma, self.detach = A, sde, float(gamma), detach
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c=None) -> torch.Tensor:
+        mu, sigma = _expand(self.sde.mu(t), x), _expand(self.sde.sigma(t), x)
+        if self.detach:
+            with torch.no_grad():
+                eps = _call(self.sde.eps, x, t, c)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            if not self.detach:
+                eps = _call(self.sde.eps, x, t, c)
+            x_hat = (x - sigma * eps) / mu
+            err = self.y - self.A(x_hat)
+            var = self.std**2 + self.gamma * _expand(self.sde.sigma(t) / self.sde.mu(t), err) ** 2
+            log_p = -(err.square() / var).sum() / 2  # summed over the batch: samples stay independent
+        (grad,) = torch.autograd.grad(log_p, x)
+        return eps.detach() - sigma * grad
+
+
+class DPSGaussianScore(nn.Module):
+    """The DPS baseline (Chung et al. 2023) as a posterior epsilon eps'(x_t, t).
+
+    The likelihood gradient is replaced by a normalised one, ignoring the noise level of y:
+    s = -zeta grad_{x_t} |y - A(x_hat)|^2 / |y - A(x_hat)|, eps' = eps - sigma s. The norm is
+    taken per sample (the original takes it over the whole batch, which couples the samples;
+    the two agree for one sample at a time).
+    """
+
+    def __init__(self, y: torch.Tensor, A: Callable, sde: VPSDE, zeta: float = 1.0):
+        super().__init__()
+        if not callable(A):
+            raise TypeError("A must be a callable observation operator A(x)")
+        if not isinstance(sde, VPSDE):
+            raise TypeError(f"sde must be a VPSDE (it provides mu, sigma and the prior eps), got {type(sde).__name__}")
+        if not zeta > 0:
+            raise ValueError(f"zeta must be > 0, got {zeta!r}")
+        self.register_buffer("y", torch.as_tensor(y))
+        self.A, self.sde, self.zeta = A, sde, float(zeta)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c=None) -> torch.Tensor:
+        mu, sigma = _expand(self.sde.mu(t), x), _expand(self.sde.sigma(t), x)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            eps = _call(self.sde.eps, x, t, c)
+            r = self.y - self.A((x - sigma * eps) / mu)
+            sq = r.square().reshape(*r.shape[:r.dim() - self.y.dim()], -1).sum(-1)  # |y - A(x_hat)|^2 per sample
+            total = sq.sum()
+        (grad,) = torch.autograd.grad(total, x)
+        s = -self.zeta * grad / _expand(sq.detach().sqrt().clamp_min(1e-12), x)
+        return eps.detach() - sigma * s
+
+
+# ---------------------------------------------------------------------------------- observation operators
+# Trajectories have shape (..., L, 2, H, W): states, channels (u, v), x, y (the data set's layout).
+
+def _check_trajectory(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < 4 or x.shape[-3] != 2:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a trajectory of shape (..., L, 2, H, W), got {got}")
+
+
+def _positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def coarse_observation(x: torch.Tensor, every: int = 4, factor: int = 8) -> torch.Tensor:
+    """Every ``every``-th state, ``factor`` x ``factor`` block means (paper Fig. 4): (..., ceil(L/4), 2, 8, 8)."""
+    _check_trajectory(x)
+    _positive_int(every, "every")
+    return KolmogorovFlow.coarsen(x[..., ::every, :, :, :], factor)
+
+
+def subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Keep every ``stride``-th grid point along both spatial axes: x[..., ::stride, ::stride]."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError("x must be a tensor of shape (..., H, W)")
+    _positive_int(stride, "stride")
+    return x[..., ::stride, ::stride]
+
+
+def saturating_vorticity(x: torch.Tensor, every: int = 3, factor: int = 4, crop: tuple[int, int] = (2, 14)):
+    """A non-linear observation (paper Fig. 7): w / (1 + |w|) of the coarsened states' vorticity.
+
+    Every ``every``-th state, coarsened ``factor`` x, vorticity in the original's convention
+    (unit grid spacing, sign-flipped: ``KolmogorovFlow.vorticity``), saturated, and the centre
+    crop ``[a:b, a:b]``: (..., ceil(L/3), 12, 12) for 64 x 64 states.
+    """
+    _check_trajectory(x)
+    _positive_int(every, "every")
+    a, b = crop
+    if not (0 <= a < b <= x.shape[-1] // factor):
+        raise ValueError(f"crop must be (a, b) with 0 <= a < b <= {x.shape[-1] // factor}, got {crop!r}")
+    w = KolmogorovFlow.vorticity(KolmogorovFlow.coarsen(x[..., ::every, :, :, :], factor))
+    return (w / (1 + w.abs()))[..., a:b, a:b]
