@@ -187,7 +187,14 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
         nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(py_path.parent)}},
         on_cell_start=progress,
     )
-    client.execute()
+    try:
+        client.execute()
+    except Exception:
+        # Keep what ran (outputs up to the failing cell) for diagnosis; the pair stays untouched.
+        failed = py_path.with_suffix(".failed.ipynb")
+        nbformat.write(nb, failed)
+        print(f"{py_path.name}: failed; the partial run is in {failed.name}", flush=True)
+        raise
     seconds = time.perf_counter() - start
     nb.metadata["labkit"] = {"profile": profile, "version": labkit.__version__, "seconds": round(seconds, 1),
                              "device": _device_name()}

@@ -60,9 +60,15 @@ _SIZES: dict[str, dict[str, dict]] = {
         # snapshots (0.2 time units apart), trajectories per batch. quick keeps the stored shape
         # (64 x 64) but simulates on that grid directly (under-resolved at Re 1000: a CI-sized
         # stand-in, not the data) and keeps fewer, shorter trajectories.
-        "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16),
-        "full": dict(trajectories=128, size=256, factor=4, spinup=64, length=64, batch=128),
-        "paper": dict(trajectories=1024, size=256, factor=4, spinup=64, length=64, batch=256),
+        # Training (labkit.sda.train): epochs, global batch, the U-Net's widths and blocks per level.
+        # paper is the original's CONFIG; quick is a small net with small batches (12 training
+        # trajectories: 3 steps per epoch rather than 1).
+        "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16,
+                      train_epochs=64, train_batch=4, hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1)),
+        "full": dict(trajectories=128, size=256, factor=4, spinup=64, length=64, batch=128,
+                     train_epochs=1024, train_batch=32, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3)),
+        "paper": dict(trajectories=1024, size=256, factor=4, spinup=64, length=64, batch=256,
+                      train_epochs=4096, train_batch=32, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3)),
     },
 }
 

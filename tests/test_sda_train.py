@@ -1,0 +1,148 @@
+"""Tests of the SDA training program ``labkit.sda.train`` (CPU, a tiny data set and a tiny U-Net)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from labkit.sda.data import DatasetSpec, generate
+from labkit.sda.nn import MCScoreNet
+from labkit.sda.train import LearningRateFactor, TrainConfig, load_score, main, train
+
+# 10 trajectories of 8 states at 16 x 16 (8 train, 1 valid, 1 test); two U-Net levels (16 -> 8).
+TINY_DATA = dict(trajectories=10, size=16, factor=1, spinup=1, length=8)
+TINY = dict(batch_size=4, hidden_channels=(8, 16), hidden_blocks=(1, 1), embedding=16)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kolmogorov")
+    generate(out, DatasetSpec(**TINY_DATA), batch=10, device="cpu", progress=False)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: threads only add overhead (and the CPU is shared)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_config_validation():
+    assert TrainConfig(hidden_channels=[8, 16], hidden_blocks=[1, 1]).hidden_channels == (8, 16)  # lists -> tuples
+    bad = [dict(epochs=0), dict(batch_size=2.5), dict(window=4), dict(lr=-1.0), dict(weight_decay=float("nan")),
+           dict(schedule="cosine"), dict(alpha="sqrt"), dict(eta=1.0), dict(hidden_channels=(8, 16)),
+           dict(hidden_blocks=(1, -1, 1)), dict(amp="fp16"), dict(compile="yes"), dict(grad_clip=0.0),
+           dict(seed=-1)]
+    for kwargs in bad:
+        with pytest.raises(ValueError, match=next(iter(kwargs)).split("_")[0]):
+            TrainConfig(**kwargs)
+
+
+def test_learning_rate_schedule():
+    linear = LearningRateFactor("linear", 100)
+    assert [linear(s) for s in (0, 50, 100, 150)] == [1.0, 0.5, 0.0, 0.0]
+    assert LearningRateFactor("constant", 100)(99) == 1.0
+
+
+def test_loss_decreases(data, tmp_path):
+    history = train(TrainConfig(epochs=8, lr=3e-3, **TINY), data, tmp_path, device="cpu", progress=False)
+    train_loss = [row["train_loss"] for row in history]
+    valid_loss = [row["valid_loss"] for row in history]
+    print("train", [f"{v:.3f}" for v in train_loss], "\nvalid", [f"{v:.3f}" for v in valid_loss])
+    assert valid_loss[-1] < 0.9 * valid_loss[0] and train_loss[-1] < train_loss[0]
+    lrs = [row["lr"] for row in history]
+    assert lrs[0] == 3e-3 and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))  # linear decay, per step
+
+
+def test_resume_is_bitwise_identical(data, tmp_path):
+    config = TrainConfig(epochs=4, **TINY)
+    whole = train(config, data, tmp_path / "whole", device="cpu", progress=False)
+    first = train(config, data, tmp_path / "split", device="cpu", progress=False, stop_after=2)
+    assert len(first) == 2
+    resumed = train(config, data, tmp_path / "split", device="cpu", progress=False)
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split"))
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["rng"][0][k], b["rng"][0][k]) for k in ("torch", "windows"))  # random states too
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip(whole) == strip(resumed)
+    # a finished run resumed again does nothing
+    assert strip(train(config, data, tmp_path / "split", device="cpu", progress=False)) == strip(whole)
+
+
+def test_resume_with_another_config_is_an_error(data, tmp_path):
+    config = TrainConfig(epochs=2, **TINY)
+    train(config, data, tmp_path, device="cpu", progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=r"another config: lr=0.0002 \(now 0.001\)"):
+        train(TrainConfig(epochs=2, **{**TINY, "lr": 1e-3}), data, tmp_path, device="cpu", progress=False)
+    # layout and compilation are not part of the recipe: they may change on resume
+    history = train(TrainConfig(epochs=2, channels_last=True, **TINY), data, tmp_path, device="cpu", progress=False)
+    assert [row["epoch"] for row in history] == [1, 2]
+    # starting over is allowed
+    history = train(TrainConfig(epochs=1, **TINY), data, tmp_path, device="cpu", progress=False, resume=False)
+    assert len(history) == 1
+
+
+def test_outputs(data, tmp_path):
+    history = train(TrainConfig(epochs=2, amp="bf16", **TINY), data, tmp_path, device="cpu", progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train_loss", "valid_loss", "lr", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [float(r["valid_loss"]) for r in rows] == [h["valid_loss"] for h in history]
+    summary = json.loads((tmp_path / "history.json").read_text())
+    assert summary["rows"] == history and summary["config"]["amp"] == "bf16"
+    assert summary["config"]["hidden_channels"] == [8, 16] and summary["data"]["size"] == 16
+    assert summary["steps_per_epoch"] == 2 and summary["world_size"] == 1 and summary["parameters"] > 0
+    assert not list(tmp_path.glob("*.tmp"))
+    score, config = load_score(tmp_path)
+    assert isinstance(score, MCScoreNet) and config.amp == "bf16"
+    with torch.no_grad():
+        assert score(torch.randn(1, 7, 2, 16, 16), 0.5).shape == (1, 7, 2, 16, 16)  # a whole trajectory
+
+
+def test_command_line(data, tmp_path, capsys):
+    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--profile", "quick", "--epochs", "2",
+            "--batch-size", "4", "--hidden-channels", "8,16", "--hidden-blocks", "1,1", "--device", "cpu",
+            "--no-progress"]
+    history = main(args)
+    assert len(history) == 2 and "epoch 2/2: train loss" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert summary["config"]["hidden_blocks"] == [1, 1] and summary["config"]["epochs"] == 2
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run2"), "--profile", "quick"])
+    assert f"python -m labkit.sda.generate --out {tmp_path / 'nothing'} --profile quick" in capsys.readouterr().err
+
+
+DDP_SCRIPT = """
+    import sys, torch
+    from labkit.sda.train import TrainConfig, train
+    data, out = sys.argv[1], sys.argv[2]
+    config = TrainConfig(epochs=3, batch_size=4, hidden_channels=(8, 16), hidden_blocks=(1, 1), embedding=16)
+    whole = train(config, data, out + "/whole", device="cpu", progress=False)
+    train(config, data, out + "/split", device="cpu", progress=False, stop_after=1)
+    train(config, data, out + "/split", device="cpu", progress=False)
+"""
+
+
+def test_data_parallel_two_processes(data, tmp_path):
+    """torchrun with 2 CPU processes (gloo): runs, rank 0 writes, and resuming is exact there too (~15 s)."""
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(data), str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split"))
+    assert a["world_size"] == 2 and len(a["rng"]) == 2 and a["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
