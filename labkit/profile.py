@@ -66,7 +66,7 @@ _SIZES: dict[str, dict[str, dict]] = {
         "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16,
                       train_epochs=64, train_batch=4, hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1)),
         "full": dict(trajectories=128, size=256, factor=4, spinup=64, length=64, batch=128,
-                     train_epochs=1024, train_batch=32, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3)),
+                     train_epochs=512, train_batch=32, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3)),
         "paper": dict(trajectories=1024, size=256, factor=4, spinup=64, length=64, batch=256,
                       train_epochs=4096, train_batch=32, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3)),
     },

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -130,6 +131,7 @@ DDP_SCRIPT = """
     whole = train(config, data, out + "/whole", device="cpu", progress=False)
     train(config, data, out + "/split", device="cpu", progress=False, stop_after=1)
     train(config, data, out + "/split", device="cpu", progress=False)
+    torch.distributed.destroy_process_group()  # train() leaves the group open for further calls
 """
 
 
@@ -138,10 +140,17 @@ def test_data_parallel_two_processes(data, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(script), str(data), str(tmp_path)], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(data), str(tmp_path)]
+    # its own process group, so that a hang is cleaned up with the workers torchrun started
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 0, output[-3000:]
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split"))
     assert a["world_size"] == 2 and len(a["rng"]) == 2 and a["epoch"] == 3
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sizes = vars(profile(args.profile).sda).copy()
     batch = args.batch or sizes.pop("batch")
-    sizes.pop("batch", None)
+    sizes = {k: v for k, v in sizes.items() if k in DatasetSpec.DEFAULTS}  # the profile also holds training sizes
     overrides = {k: getattr(args, k) for k in ("trajectories", "size", "factor", "spinup", "length", "seed", "dtype")}
     spec = DatasetSpec(**{**sizes, **{k: v for k, v in overrides.items() if v is not None}})
     started = time.perf_counter()

@@ -52,7 +52,8 @@ __all__ = ["TrainConfig", "train", "build_score", "load_score", "main"]
 
 SCHEDULES = ("linear", "constant")
 AMPS = ("auto", "bf16", "none")
-# Fields that change how fast a run goes, not what it computes: a resumed run may change them.
+# Fields that change how fast a run goes, not the recipe: a resumed run may change them. (The draws
+# can differ: randn_like fills a channels-last tensor in memory order, so the noise lands elsewhere.)
 RUNTIME_FIELDS = ("channels_last", "compile")
 METRICS = ("epoch", "train_loss", "valid_loss", "lr", "seconds")
 
@@ -240,14 +241,11 @@ def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} (the global batch) must be divisible by the "
                          f"{world} processes")
-    owns_group = world > 1 and not dist.is_initialized()
-    if owns_group:
+    if world > 1 and not dist.is_initialized():
+        # Left open for later calls in this process (re-creating a group after destroying it can hang);
+        # main() closes it at the end.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        return _train(config, Path(data_dir), Path(out_dir), device, world, rank, progress, stop_after, resume)
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
+    return _train(config, Path(data_dir), Path(out_dir), device, world, rank, progress, stop_after, resume)
 
 
 def _train(config, data_dir, out, device, world, rank, progress, stop_after, resume) -> list[dict]:
@@ -449,8 +447,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          hidden_blocks=args.hidden_blocks or sizes.hidden_blocks, lr=args.lr,
                          schedule=args.schedule, seed=args.seed, amp=args.amp, grad_clip=args.grad_clip,
                          channels_last=args.channels_last, compile=args.compile)
-    history = train(config, data, args.out, device=args.device, progress=not args.no_progress,
-                    resume=not args.no_resume)
+    try:
+        history = train(config, data, args.out, device=args.device, progress=not args.no_progress,
+                        resume=not args.no_resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     if _world()[1] == 0 and history:
         final = history[-1]
         print(f"epoch {final['epoch']}/{config.epochs}: train loss {final['train_loss']:.4f}, "
