@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from labkit.backend import interpret_mode, triton_available
+from labkit.kan.checks import relative_error
 from labkit.kan.reference import bspline_kan_reference
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -30,10 +31,6 @@ def _kernels():
     from labkit.kan import triton_bspline
 
     return triton_bspline
-
-
-def _rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.double() - want).norm() / want.norm().clamp_min(1e-30)).item()
 
 
 def _grid(n_in, grid_size, order, gen, uniform):
@@ -106,10 +103,10 @@ def _assert_matches_reference(args, dy, tol, reference=bspline_kan_reference):
     y, grads = _triton_with_grads(args, dy)
     y_ref, grads_ref = _reference_with_grads(args, dy, reference)
     assert y.dtype == args["x"].dtype and y.shape == (args["x"].shape[0], args["base_weight"].shape[0])
-    errors = {"y": _rel_error(y, y_ref)}
+    errors = {"y": relative_error(y, y_ref)}
     for name, grad in grads.items():
         assert grad.dtype == args[name].dtype and grad.shape == args[name].shape, name
-        errors["d_" + name] = _rel_error(grad, grads_ref[name])
+        errors["d_" + name] = relative_error(grad, grads_ref[name])
     assert all(math.isfinite(e) and e < tol for e in errors.values()), errors
 
 
@@ -196,10 +193,10 @@ def test_compute_dtype_keeps_input_and_weight_dtypes(device, uniform):
     y = _kernels().bspline_kan_triton(**{**args, **leaves}, compute_dtype=torch.bfloat16)
     grads = dict(zip(leaves, torch.autograd.grad(y, list(leaves.values()), dy.bfloat16())))
     y_ref, grads_ref = _reference_with_grads(args, dy.bfloat16().float())
-    assert y.dtype == torch.bfloat16 and _rel_error(y, y_ref) < TOLERANCE[torch.bfloat16]
+    assert y.dtype == torch.bfloat16 and relative_error(y, y_ref) < TOLERANCE[torch.bfloat16]
     for name, grad in grads.items():
         assert grad.dtype == torch.float32, name
-        assert _rel_error(grad, grads_ref[name]) < TOLERANCE[torch.bfloat16], name
+        assert relative_error(grad, grads_ref[name]) < TOLERANCE[torch.bfloat16], name
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -215,8 +212,8 @@ def test_autocast_through_the_dispatcher(device):
     dx, dw = torch.autograd.grad(y, [x, weight], dy.bfloat16())
     assert dx.dtype == torch.float32 and dw.dtype == torch.float32
     _, grads_ref = _reference_with_grads(args, dy.bfloat16().float())
-    assert _rel_error(dx, grads_ref["x"]) < TOLERANCE[torch.bfloat16]
-    assert _rel_error(dw, grads_ref["spline_weight"]) < TOLERANCE[torch.bfloat16]
+    assert relative_error(dx, grads_ref["x"]) < TOLERANCE[torch.bfloat16]
+    assert relative_error(dw, grads_ref["spline_weight"]) < TOLERANCE[torch.bfloat16]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -278,10 +275,10 @@ def test_only_some_inputs_need_gradients(device):
     y = fn(**{**args, **weights})  # x needs no gradient: grad input kernel skipped
     grads = torch.autograd.grad(y, list(weights.values()), dy)
     for name, grad in zip(weights, grads):
-        assert _rel_error(grad, grads_ref[name]) < TOLERANCE[torch.float32], name
+        assert relative_error(grad, grads_ref[name]) < TOLERANCE[torch.float32], name
     x = args["x"].clone().requires_grad_()
     (dx,) = torch.autograd.grad(fn(**{**args, "x": x}), [x], dy)  # weights frozen: grad weight kernel skipped
-    assert _rel_error(dx, grads_ref["x"]) < TOLERANCE[torch.float32]
+    assert relative_error(dx, grads_ref["x"]) < TOLERANCE[torch.float32]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -352,7 +349,7 @@ def test_through_the_dispatcher_with_leading_dimensions(device):
     y = bspline_kan(**{**args, "x": x3}, backend="triton")
     want = bspline_kan_reference(**{**args, "x": x3.double(), "grid": args["grid"].double(),
                                     **{n: args[n].double() for n in ("base_weight", "spline_weight", "spline_scaler")}})
-    assert y.shape == (3, 4, N_OUT) and _rel_error(y, want) < TOLERANCE[torch.float32]
+    assert y.shape == (3, 4, N_OUT) and relative_error(y, want) < TOLERANCE[torch.float32]
 
 
 def _bad(**changes):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from labkit.backend import interpret_mode, triton_available
+from labkit.kan.checks import relative_error
 from labkit.kan.reference import chebykan_reference
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -37,10 +38,6 @@ def _chebykan_triton():
     from labkit.kan.triton_chebyshev import chebykan_triton
 
     return chebykan_triton
-
-
-def _rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.double() - want).norm() / want.norm().clamp_min(1e-30)).item()
 
 
 def _make_inputs(rows, n_in, n_out, degree, dtype, device, scale=1.5, seed=0):
@@ -87,7 +84,7 @@ def test_forward_and_gradients_match_float64_reference(device, shape, dtype, deg
     assert y.shape == y_ref.shape and dx.shape == x.shape and dc.shape == coeffs.shape
     tol = TOLERANCE[dtype]
     # All three errors in every message: a failure then says which kernels are off, and by how much.
-    errors = {"y": _rel_error(y, y_ref), "dx": _rel_error(dx, dx_ref), "dcoeffs": _rel_error(dc, dc_ref)}
+    errors = {"y": relative_error(y, y_ref), "dx": relative_error(dx, dx_ref), "dcoeffs": relative_error(dc, dc_ref)}
     assert errors["y"] < tol, errors
     assert errors["dcoeffs"] < tol, errors
     if degree == 0:
@@ -108,7 +105,7 @@ def test_both_dx_kernel_variants_match_reference(monkeypatch, variant, dtype):
     x, coeffs, dy = _make_inputs(37, 19, 23, 4, dtype, "cpu")
     _, dx, _ = _triton_with_grads(x, coeffs, dy, input_precision="ieee")
     _, dx_ref, _ = _reference_with_grads(x, coeffs, dy)
-    assert _rel_error(dx, dx_ref) < TOLERANCE[dtype]
+    assert relative_error(dx, dx_ref) < TOLERANCE[dtype]
 
 
 @pytest.mark.skipif(not interpret_mode(), reason="on CUDA the autotuner tries both dcoeffs variants")
@@ -122,7 +119,7 @@ def test_both_dcoeffs_kernel_variants_match_reference(monkeypatch, variant, dtyp
     x, coeffs, dy = _make_inputs(37, 19, 23, 4, dtype, "cpu")
     _, _, dc = _triton_with_grads(x, coeffs, dy, input_precision="ieee")
     _, _, dc_ref = _reference_with_grads(x, coeffs, dy)
-    assert _rel_error(dc, dc_ref) < TOLERANCE[dtype]
+    assert relative_error(dc, dc_ref) < TOLERANCE[dtype]
 
 
 # exp(-2|x|) underflows to 0 on purpose for huge |x|; the interpreter's NumPy warns about it.
@@ -139,11 +136,11 @@ def test_saturated_tanh_gives_finite_gradients(device, dtype):
 
     for got in (y, dx, dc):
         assert torch.isfinite(got).all()
-    assert _rel_error(y, y_ref) < TOLERANCE[dtype]
-    assert _rel_error(dc, dc_ref) < TOLERANCE[dtype]
+    assert relative_error(y, y_ref) < TOLERANCE[dtype]
+    assert relative_error(dc, dc_ref) < TOLERANCE[dtype]
     # Where tanh is saturated the exact slope 1 - tanh^2 is below 1e-40: the gradient is 0.
     assert (dx[:, :6].double() - dx_ref[:, :6]).abs().max() < 1e-30
-    assert _rel_error(dx, dx_ref) < TOLERANCE[dtype]
+    assert relative_error(dx, dx_ref) < TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -161,7 +158,7 @@ def test_compute_dtype_keeps_input_and_weight_dtypes(device):
     y_ref = chebykan_reference(xr, cr)
     dx_ref, dc_ref = torch.autograd.grad(y_ref, [xr, cr], dy.bfloat16().double())
     for got, want in ((y, y_ref), (dx, dx_ref), (dc, dc_ref)):
-        assert _rel_error(got, want) < TOLERANCE[torch.bfloat16]
+        assert relative_error(got, want) < TOLERANCE[torch.bfloat16]
 
 
 @pytest.mark.parametrize("device", DEVICES)
