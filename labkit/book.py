@@ -169,6 +169,7 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
     from nbclient import NotebookClient
 
     import labkit
+    from labkit.data import atomic_write
 
     py_path = Path(py_path).resolve()
     nb = jupytext.read(py_path, fmt=PY_FMT)
@@ -200,9 +201,7 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
                              "device": _device_name()}
     nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
     out = paired_ipynb(py_path)
-    tmp = out.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(out)  # atomic: an interrupted run never leaves a half-written pair
+    atomic_write(out, lambda tmp: nbformat.write(nb, tmp))  # never a half-written pair
     print(f"{py_path.name}: {seconds:.1f} s in profile {profile!r} -> {out.name}")
     return out
 

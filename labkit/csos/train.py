@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.data import atomic_write
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -199,9 +201,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -315,14 +315,13 @@ def fit_seeds(models: list[nn.Module], train, test, config: TrainConfig, seeds, 
     x_test, y_test = check_split("test", test)
     template = models[0]
     params, buffers = stack_module_state(models)  # name -> (S, ...) leaf tensors
-    stacked = list(params.values())
 
     def batched(p, b, x, x_in_dims):
         return vmap(lambda p_, b_, x_: functional_call(template, (p_, b_), (x_,)), in_dims=(0, 0, x_in_dims))(p, b, x)
 
     n_seeds, batches = len(seeds), math.ceil(len(x_train) / config.batch_size)
     holder = nn.Module()  # make_optimizer wants a module; it only reads parameters()
-    holder.params = nn.ParameterList([nn.Parameter(t) for t in stacked])
+    holder.params = nn.ParameterList([nn.Parameter(t) for t in params.values()])
     stacked = list(holder.params)
     names = list(params)
     optimizer, scheduler = make_optimizer(holder, config, batches)
@@ -409,9 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = fit(model, train, test, config, checkpoint=out / "checkpoint.pt", resume=not args.no_resume)
     summary = dict(model=model.config(), train_config=dataclasses.asdict(config), history=history.rows)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "history.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "history.json")
+    atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     final = history.final
     print(f"epochs {final['epoch']}: train acc {final['train_acc']:.4f}, test acc {final['test_acc']:.4f} "
           f"-> {out / 'checkpoint.pt'}")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labkit.data import atomic_write
 from labkit.sda.flow import KolmogorovFlow
 
 __all__ = ["DatasetSpec", "generate", "read_split", "TrajectoryDataset", "SPLITS"]
@@ -111,13 +112,12 @@ def simulate(spec: DatasetSpec, indices: range, device="cpu", flow: KolmogorovFl
 _PART = re.compile(r"traj_(\d{6})_(\d{6})\.npy$")
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+def _save_npy_synced(path: Path, array: np.ndarray) -> None:
+    """np.save, flushed to the disk before returning (the part must survive a crash once renamed)."""
+    with open(path, "wb") as f:
         np.save(f, array)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _done_parts(partial: Path, spec: DatasetSpec) -> dict[int, Path]:
@@ -196,7 +196,7 @@ def generate(out: str | os.PathLike, spec: DatasetSpec | None = None, *, batch: 
             stop += 1
         indices = range(start, stop)
         part = simulate(spec, indices, device=device, flow=flow)
-        _atomic_save_npy(partial / f"traj_{start:06d}_{stop:06d}.npy", part)
+        atomic_write(partial / f"traj_{start:06d}_{stop:06d}.npy", lambda tmp: _save_npy_synced(tmp, part))
         todo = todo[len(indices):]
         bar.update(len(indices))
         new_batches += 1
@@ -206,19 +206,21 @@ def generate(out: str | os.PathLike, spec: DatasetSpec | None = None, *, batch: 
     bar.close()
 
     done = _done_parts(partial, spec)
+    parts = {path: np.load(path, mmap_mode="r") for path in set(done.values())}  # each part opened once
     attrs = {**spec, "format": FORMAT, "code_version": _code_version(), "substeps": flow.substeps}
-    for name, indices in spec.split_ranges().items():
-        tmp = files[name].with_name(files[name].name + ".tmp")
+
+    def write_split(tmp: Path, name: str, indices: range) -> None:
         with h5py.File(tmp, "w") as f:
             dset = f.create_dataset("x", shape=(len(indices), *spec.snapshot_shape), dtype=np.float32)
             for row, i in enumerate(indices):
-                path = done[i]
-                start = int(_PART.match(path.name)[1])
-                dset[row] = np.load(path, mmap_mode="r")[i - start]
-            f.attrs.update({key: value for key, value in attrs.items()})
+                dset[row] = parts[done[i]][i - int(_PART.match(done[i].name)[1])]
+            f.attrs.update(attrs)
             f.attrs["split"] = name
             f.attrs["first_trajectory"] = indices.start
-        os.replace(tmp, files[name])
+
+    for name, indices in spec.split_ranges().items():
+        atomic_write(files[name], lambda tmp: write_split(tmp, name, indices))
+    parts.clear()  # drop the memory maps before deleting their files
     shutil.rmtree(partial)
     return files
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     files = generate(args.out, spec, batch=batch, device=args.device)
     seconds = time.perf_counter() - started
     for name, path in files.items():
-        _, attrs = read_split(path, load=False)
+        read_split(path, load=False)  # check what was written
         print(f"{name}: {path}")
     print(f"{spec['trajectories']} trajectories x {spec['spinup'] + spec['length']} snapshots at "
           f"{spec['size']}^2 in {seconds:.1f} s")

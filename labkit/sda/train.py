@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from labkit.data import atomic_write
 from labkit.sda.data import DatasetSpec, TrajectoryDataset
 from labkit.sda.nn import MCScoreNet, make_score, parameter_count
 from labkit.sda.score import ALPHAS, VPSDE
@@ -164,15 +165,8 @@ def _seed(seed: int, stream: str, rank: int = 0) -> int:
     return (seed * 1_000_003 + rank) * len(STREAMS) + STREAMS.index(stream)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)``, then rename over ``path``: readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _csv_line(row: dict) -> str:
@@ -363,7 +357,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
                          scheduler=scheduler.state_dict(), rng=rngs, epoch=epoch + 1, history=history,
                          config=dataclasses.asdict(config), data=data, size=size, world_size=world,
                          wandb_id=run.id if run is not None else wandb_id)
-            _atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
+            atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
             with open(out / "metrics.csv", "a") as f:
                 f.write(_csv_line(row))
             summary = dict(config=dataclasses.asdict(config), data=data, world_size=world,
