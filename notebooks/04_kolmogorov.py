@@ -286,10 +286,10 @@ print(format_table(flow_bench["results"], ["name", "batch", "dtype", "substeps",
 # %% [markdown]
 # On the H100 one transition of 1,024 states at `courant=0.5` takes 3.4 s, 61 simulated time units
 # per second: the original's 26,214 time units would take 7.2 minutes (target: 10), where the
-# original ran 1,024 CPU jobs of about 5 minutes each. That figure is extrapolated from the timed
-# transitions; the end-to-end run of this notebook (128 trajectories in batches of 128, HDF5
-# writing included, printed under "The data set") ran at 55 time units per second, which would
-# give 7.9 minutes. Larger batches help little beyond 256: the step is bound by memory traffic
+# original ran 1,024 CPU jobs of about 5 minutes each. Made for real, end to end
+# (`python -m labkit.sda.generate --profile paper --batch 256`, HDF5 writing included), the whole
+# data set of 1,024 trajectories took 456.6 s, 7.6 minutes, on the same H100
+# (`bench/results/nvidia-h100-80gb-hbm3/generate-paper.log`). Larger batches help little beyond 256: the step is bound by memory traffic
 # (FFTs and element-wise products of full fields), not by launches. float64 costs 1.9x.
 #
 # On the CPU, `python -m labkit.bench flow-cpu` sets labkit against jax-cfd's spectral solver, on

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from labkit.sda.score import (ALPHAS, SEED_TABLE, VPSDE, DPSGaussianScore, GaussianScore, coarse_observation,
+from labkit.sda.score import (ALPHAS, SEED_TABLE, VPSDE, DPSGaussianScore, GaussianScore, GaussianSkip,
+                              coarse_observation,
                               saturating_vorticity, schedule_table, subsample)
 
 
@@ -134,6 +135,25 @@ def test_sample_shapes():
     assert sde.sample((4, 5), steps=2, corrections=1, progress=False).shape == (4, 5, 2, 3)
     scalar = VPSDE(lambda x, t: torch.zeros_like(x), shape=())
     assert scalar.sample(7, steps=2, corrections=1, progress=False).shape == (7,)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_gaussian_skip(alpha):
+    """F = 0 gives the exact eps of N(0, I); a network error enters x_hat as -sigma F, not divided by mu."""
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    skip = GaussianSkip(zero, alpha)
+    exact = gaussian_sde(torch.zeros(8), 1.0, alpha)
+    x, t = torch.randn(5, 8), torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0])
+    torch.testing.assert_close(skip(x, t), exact.eps(x, t))
+    samples = VPSDE(skip, (64,), alpha=alpha).sample((256,), steps=64, progress=False)
+    assert abs(samples.std().item() - 1) < 0.05
+    # an error of 0.1 in F at t = 1 moves x_hat by sigma * 0.1 = 0.1; a plain eps network's by 0.1 / eta = 100
+    wrong = GaussianSkip(lambda x, t: torch.full_like(x, 0.1), alpha)
+    sde = VPSDE(wrong, (8,), alpha=alpha)
+    t1 = torch.ones(5)
+    x_hat = (x - sde.sigma(t1)[:, None] * wrong(x, t1)) / sde.mu(t1)[:, None]
+    x_hat_exact = (x - sde.sigma(t1)[:, None] * skip(x, t1)) / sde.mu(t1)[:, None]
+    torch.testing.assert_close(x_hat - x_hat_exact, torch.full_like(x, -0.1), rtol=0, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------ guidance

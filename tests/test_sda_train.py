@@ -1,6 +1,7 @@
 """Tests of the SDA training program ``labkit.sda.train`` (CPU, a tiny data set and a tiny U-Net)."""
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -77,6 +78,36 @@ def test_resume_is_bitwise_identical(data, tmp_path):
     assert strip(whole) == strip(resumed)
     # a finished run resumed again does nothing
     assert strip(train(config, data, tmp_path / "split", device="cpu", progress=False)) == strip(whole)
+
+
+def test_windows_per_trajectory_and_sparse_checkpoints(data, tmp_path):
+    """k windows per trajectory make k times the steps; checkpoints every 3 epochs still resume exactly."""
+    one = train(TrainConfig(epochs=1, **TINY), data, tmp_path / "one", device="cpu", progress=False)
+    config = TrainConfig(epochs=4, windows_per_trajectory=3, checkpoint_every=3, **TINY)
+    whole = train(config, data, tmp_path / "whole", device="cpu", progress=False)
+    steps = lambda run: json.loads((tmp_path / run / "history.json").read_text())["steps_per_epoch"]
+    assert steps("whole") == 3 * steps("one") and len(one) == 1
+    assert torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["epoch"] == 4  # the last epoch
+    # epoch 3 is a checkpoint epoch; an interruption after epoch 2 loses nothing either (stop_after saves)
+    train(config, data, tmp_path / "split", device="cpu", progress=False, stop_after=2)
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    resumed = train(config, data, tmp_path / "split", device="cpu", progress=False)
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip(resumed) == strip(whole)
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+def test_skip_option(data, tmp_path):
+    """skip trains inside GaussianSkip; load_score hands back the wrapped trajectory network."""
+    from labkit.sda.score import GaussianSkip
+
+    history = train(TrainConfig(epochs=2, skip=True, **TINY), data, tmp_path, device="cpu", progress=False)
+    assert all(math.isfinite(row["valid_loss"]) for row in history)
+    score, config = load_score(tmp_path)
+    assert config.skip and isinstance(score, GaussianSkip) and isinstance(score.net, MCScoreNet)
+    with torch.no_grad():
+        assert score(torch.randn(1, 7, 2, 16, 16), 1.0).shape == (1, 7, 2, 16, 16)
 
 
 def test_resume_with_another_config_is_an_error(data, tmp_path):

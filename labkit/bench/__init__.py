@@ -13,6 +13,7 @@ SUITES = {
     "kan-sweeps": "labkit.kan.bench:run_sweeps",
     "flow": "labkit.sda.bench:run",
     "flow-cpu": "labkit.sda.bench:run_cpu_comparison",
+    "sda": "labkit.sda.bench:run_score",
 }
 
 __all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "write_results"]

@@ -103,3 +103,88 @@ def jet_and_correlation(y, profile, amplitude, lags, correlations, references: d
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- chapter 4b: the score model -----------------------------------------------------------------------
+
+def schedules(t, curves: dict, marks: dict | None = None):
+    """mu(t), sigma(t) and the signal-to-noise ratio mu^2/sigma^2 (log scale) for several schedules.
+
+    ``curves``: name -> (mu, sigma) arrays over ``t``; ``marks``: name -> {t: (mu, sigma)} points.
+    """
+    t = _np(t)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.1))
+    for name, (mu, sigma) in curves.items():
+        mu, sigma = _np(mu), _np(sigma)
+        line, = axes[0].plot(t, mu, label=name)
+        axes[1].plot(t, sigma, color=line.get_color())
+        axes[2].semilogy(t, mu**2 / sigma**2, color=line.get_color())
+    for name, points in (marks or {}).items():
+        ts = sorted(points)
+        axes[0].plot(ts, [points[s][0] for s in ts], "kx", ms=6, label=name)
+        axes[1].plot(ts, [points[s][1] for s in ts], "kx", ms=6)
+    for ax, title in zip(axes, (r"$\mu(t)$", r"$\sigma(t)$", r"SNR $\mu^2/\sigma^2$")):
+        ax.set_xlabel("t")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_curve(history: list[dict]):
+    """Train and validation loss per epoch (log scale)."""
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    ax.semilogy(epochs, [row["train_loss"] for row in history], label="train")
+    ax.semilogy(epochs, [row["valid_loss"] for row in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r"$\epsilon$-matching loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def spectra_comparison(k, spectra: dict, band: float = 0.25, k_max: int = 16):
+    """Left: E(k) of data and samples; right: their ratio to the first entry, with a +-band window to k_max."""
+    k = _np(k)
+    keep = k >= 1
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+    names = list(spectra)
+    reference = _np(spectra[names[0]])
+    for name in names:
+        energy = _np(spectra[name])
+        axes[0].loglog(k[keep], energy[keep], label=name)
+        axes[1].semilogx(k[keep], energy[keep] / reference[keep], label=name)
+    axes[1].axhspan(1 - band, 1 + band, xmax=np.log(k_max) / np.log(k[keep].max()), color="0.9", zorder=0,
+                    label=f"target: within {band:.0%} for k <= {k_max}")
+    axes[0].set_xlabel("wavenumber k")
+    axes[0].set_ylabel("E(k)")
+    axes[1].set_xlabel("wavenumber k")
+    axes[1].set_ylabel(f"E(k) / E(k) of {names[0]}")
+    axes[1].set_ylim(0, 3)
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def vorticity_grid(rows: dict, col_titles, vmax: float = VORTICITY_RANGE, label: str = "vorticity (grid units)"):
+    """A grid of vorticity fields: ``rows`` maps a row label to a list of (H, W) fields (None: blank)."""
+    n_rows, n_cols = len(rows), len(col_titles)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols + 0.8, 1.9 * n_rows + 0.3), squeeze=False)
+    image = None
+    for r, (name, fields) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            w = fields[c] if c < len(fields) else None
+            if w is None:
+                ax.axis("off")
+                continue
+            image = _field(ax, w, vmax, col_titles[c] if r == 0 else "")
+        axes[r, 0].set_ylabel(name, fontsize=9)
+        axes[r, 0].axis("on")
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+    return fig

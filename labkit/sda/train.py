@@ -47,7 +47,7 @@ from torch import nn
 from labkit.data import atomic_write
 from labkit.sda.data import DatasetSpec, TrajectoryDataset
 from labkit.sda.nn import MCScoreNet, make_score, parameter_count
-from labkit.sda.score import ALPHAS, VPSDE
+from labkit.sda.score import ALPHAS, VPSDE, GaussianSkip
 
 __all__ = ["TrainConfig", "train", "build_score", "load_score", "main"]
 
@@ -55,7 +55,7 @@ SCHEDULES = ("linear", "constant")
 AMPS = ("auto", "bf16", "none")
 # Fields that change how fast a run goes, not the recipe: a resumed run may change them. (The draws
 # can differ: randn_like fills a channels-last tensor in memory order, so the noise lands elsewhere.)
-RUNTIME_FIELDS = ("channels_last", "compile")
+RUNTIME_FIELDS = ("channels_last", "compile", "checkpoint_every")
 METRICS = ("epoch", "train_loss", "valid_loss", "lr", "seconds")
 
 
@@ -65,7 +65,12 @@ class TrainConfig:
 
     ``amp='auto'`` means bf16 autocast on CUDA and none on the CPU (resolved when training starts,
     and stored resolved). ``grad_clip`` (None: off) rescales a gradient whose norm exceeds it; the
-    original has none.
+    original has none. ``windows_per_trajectory`` (1 in the original) is how many random windows
+    of each training trajectory one epoch draws: with few trajectories (the full profile's 102) it
+    makes an epoch several optimizer steps long. ``checkpoint_every`` writes the checkpoint every
+    that many epochs (and after the last one) instead of after each: with epochs of a second, a
+    360 MB checkpoint per epoch would cost more than the training. ``skip`` (not in the original)
+    trains the network inside :class:`GaussianSkip`, eps = sigma x / (mu^2 + sigma^2) + mu F.
     """
 
     epochs: int = 64
@@ -84,6 +89,9 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None
+    windows_per_trajectory: int = 1
+    checkpoint_every: int = 1
+    skip: bool = False
 
     def __post_init__(self):
         # lists (from JSON or the command line) become tuples, so that configs compare equal
@@ -95,7 +103,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-        for name in ("epochs", "batch_size", "window", "embedding"):
+        for name in ("epochs", "batch_size", "window", "embedding", "windows_per_trajectory", "checkpoint_every"):
             positive_int(name)
         positive_int("seed", 0)
         if self.window % 2 != 1:
@@ -118,7 +126,7 @@ class TrainConfig:
                              "non-empty and of the same length, one entry per U-Net level")
         if self.amp not in AMPS:
             raise ValueError(f"amp must be one of {AMPS}, got {self.amp!r}")
-        for name in ("channels_last", "compile"):
+        for name in ("channels_last", "compile", "skip"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float))
@@ -132,13 +140,17 @@ def build_score(config: TrainConfig, size: int = 64) -> MCScoreNet:
                       hidden_blocks=config.hidden_blocks, size=size)
 
 
-def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[MCScoreNet, TrainConfig]:
-    """The trained :class:`MCScoreNet` and its config from ``out_dir/checkpoint.pt``."""
+def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[nn.Module, TrainConfig]:
+    """The trained trajectory eps network and its config from ``out_dir/checkpoint.pt``.
+
+    That is the :class:`MCScoreNet`, or ``GaussianSkip(MCScoreNet)`` for a run with ``skip``.
+    """
     state = torch.load(Path(out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     config = TrainConfig(**state["config"])
     score = build_score(config, state["size"])
     score.load_state_dict(state["model"])
-    return score.to(device), config
+    score = score.to(device)
+    return (GaussianSkip(score, config.alpha, config.eta) if config.skip else score), config
 
 
 def generate_command(data_dir, profile_name: str | None = None) -> str:
@@ -258,6 +270,8 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     # The same validation windows for every epoch and process; each process scores its share (maybe none).
     valid_x = torch.stack([valid_set[i] for i in range(len(valid_set))])[rank::world]
     data = _data_spec(train_set.attrs)
+    # Each access draws a fresh random window, so k copies of the set give k windows per trajectory.
+    epoch_set = torch.utils.data.ConcatDataset([train_set] * config.windows_per_trajectory)
     size = train_set.data.shape[-1]
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
 
@@ -274,11 +288,13 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
                                                 broadcast_buffers=False) if world > 1 else net
     shape = (2 * config.window, size, size)
-    sde = VPSDE(model, shape, alpha=config.alpha, eta=config.eta).to(device)
-    valid_sde = VPSDE(net, shape, alpha=config.alpha, eta=config.eta).to(device)
+    eps, valid_eps = (GaussianSkip(model, config.alpha, config.eta), GaussianSkip(net, config.alpha, config.eta)) \
+        if config.skip else (model, net)
+    sde = VPSDE(eps, shape, alpha=config.alpha, eta=config.eta).to(device)
+    valid_sde = VPSDE(valid_eps, shape, alpha=config.alpha, eta=config.eta).to(device)
 
     # Every process sees batch_size / world windows per step; the order of epoch e depends on (seed, e).
-    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+    sampler = torch.utils.data.DistributedSampler(epoch_set, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=config.seed)
     local_batch = config.batch_size // world
     steps_per_epoch = math.ceil(len(sampler) / local_batch)
@@ -327,7 +343,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
         order = list(sampler)
         total = torch.zeros((), device=device)
         for start in range(0, len(order), local_batch):
-            x = torch.stack([train_set[i] for i in order[start:start + local_batch]])
+            x = torch.stack([epoch_set[i] for i in order[start:start + local_batch]])
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory)
             with autocast:
                 loss = sde.loss(x)
@@ -346,6 +362,13 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
         history.append(row)
         bar.set_postfix(train=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}", lr=f"{lr:.2e}")
 
+        if writer:
+            with open(out / "metrics.csv", "a") as f:
+                f.write(_csv_line(row))
+            if run is not None:
+                run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        if (epoch + 1) % config.checkpoint_every and epoch + 1 != last:
+            continue  # the checkpoint (and history.json) at the next checkpoint epoch
         rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if cuda else None,
                    windows=windows.get_state())
         rngs = [rng]
@@ -358,13 +381,9 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
                          config=dataclasses.asdict(config), data=data, size=size, world_size=world,
                          wandb_id=run.id if run is not None else wandb_id)
             atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
-            with open(out / "metrics.csv", "a") as f:
-                f.write(_csv_line(row))
             summary = dict(config=dataclasses.asdict(config), data=data, world_size=world,
                            parameters=parameter_count(net)[0], steps_per_epoch=steps_per_epoch, rows=history)
             _write_text(out / "history.json", json.dumps(summary, indent=1))
-            if run is not None:
-                run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     bar.close()
     if run is not None:
         run.finish()
@@ -423,6 +442,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amp", choices=AMPS, default="auto", help="auto: bf16 on CUDA, none on the CPU")
     parser.add_argument("--grad-clip", type=float, default=None)
+    parser.add_argument("--windows-per-trajectory", type=int, default=None,
+                        help="random windows of each trajectory per epoch (default: the profile's)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help="epochs between checkpoints")
+    parser.add_argument("--skip", action="store_true",
+                        help="eps = sigma x/(mu^2+sigma^2) + mu F (not the original's; for short trainings; "
+                             "default: the profile's, on for quick and full)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
@@ -440,7 +465,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          hidden_channels=args.hidden_channels or sizes.hidden_channels,
                          hidden_blocks=args.hidden_blocks or sizes.hidden_blocks, lr=args.lr,
                          schedule=args.schedule, seed=args.seed, amp=args.amp, grad_clip=args.grad_clip,
-                         channels_last=args.channels_last, compile=args.compile)
+                         channels_last=args.channels_last, compile=args.compile,
+                         windows_per_trajectory=args.windows_per_trajectory or sizes.train_windows,
+                         checkpoint_every=args.checkpoint_every or sizes.train_checkpoint_every,
+                         skip=args.skip or sizes.train_skip)
     try:
         history = train(config, data, args.out, device=args.device, progress=not args.no_progress,
                         resume=not args.no_resume)
