@@ -205,7 +205,7 @@ class GaussianSkip(nn.Module):
     the exact eps of standard normal data, the network ``F`` learns the rest, scaled by mu.
     Why: the sampler's denoised estimate x_hat = (x_t - sigma eps) / mu divides by mu(1) = eta
     = 1e-3, so a plain eps network must learn the identity at t ~ 1 to about 1e-3 before its
-    samples stop blowing up (measured in chapter 4b). With the skip, x_hat = mu x_t / (mu^2 +
+    samples stop blowing up (after a short training they do blow up). With the skip, x_hat = mu x_t / (mu^2 +
     sigma^2) - sigma F: the network's error enters x_hat unamplified (an x-prediction at high noise,
     an eps-prediction at low noise, like EDM's preconditioning). The loss is unchanged.
     The term is elementwise, so wrapping a window network or the whole-trajectory MCScoreNet is
