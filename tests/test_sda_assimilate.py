@@ -68,6 +68,8 @@ def test_argument_errors():
     y = torch.zeros(3, 12, 12)
     with pytest.raises(ValueError, match="method must be one of"):
         assimilate(net, y, SCENARIOS["saturating"], "ddim")
+    with pytest.raises(ValueError, match="score has no parameters or buffers"):
+        assimilate(nn.Identity(), y, SCENARIOS["saturating"])
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="y is on"):
             assimilate(net, y.cuda(), SCENARIOS["saturating"])

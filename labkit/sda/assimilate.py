@@ -75,7 +75,11 @@ def assimilate(score: torch.nn.Module, y: torch.Tensor, scenario: Scenario, meth
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    device = next(iter(score.state_dict().values())).device
+    tensors = list(score.state_dict().values())
+    if not tensors:
+        raise ValueError("score has no parameters or buffers to tell its device; pass the trained network "
+                         "(e.g. from labkit.sda.train.load_score)")
+    device = tensors[0].device
     if y.device != device:
         raise ValueError(f"y is on {y.device} but the score network on {device}; move one of them")
     prior = VPSDE(score, shape=()).to(device)  # supplies mu, sigma and the prior eps

@@ -15,6 +15,8 @@ import torch
 
 from labkit.bench.harness import peak_memory_mib, time_fn
 from labkit.sda.flow import KolmogorovFlow
+from labkit.sda.nn import make_score
+from labkit.sda.score import VPSDE
 
 DATASET_TIME_UNITS = 1024 * 128 * 0.2  # trajectories x snapshots x dt
 
@@ -71,10 +73,7 @@ SEED_BATCHES_PER_EPOCH = 26  # 819 training trajectories, one random window each
 
 
 def _score_setup(device, amp: bool, channels_last: bool, compile: bool, quick: bool):
-    """A fresh window network of the original's size (tiny when quick), its SDE, AdamW and autocast."""
-    from labkit.sda.nn import make_score
-    from labkit.sda.score import VPSDE
-
+    """A fresh trajectory network of the original's size (tiny when quick), its memory format and autocast."""
     torch.manual_seed(0)
     kwargs = dict(hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1)) if quick else {}
     score = make_score(window=5, **kwargs)
@@ -83,11 +82,11 @@ def _score_setup(device, amp: bool, channels_last: bool, compile: bool, quick: b
     if compile:
         score.kernel.compile()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
-    return score, memory, autocast, VPSDE
+    return score, memory, autocast
 
 
 def _training_row(name, device, batch, amp, channels_last, compile, quick, repeats) -> dict:
-    score, memory, autocast, VPSDE = _score_setup(device, amp, channels_last, compile, quick)
+    score, memory, autocast = _score_setup(device, amp, channels_last, compile, quick)
     net = score.kernel
     sde = VPSDE(net, (10, 64, 64)).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-3,
@@ -110,7 +109,7 @@ def _training_row(name, device, batch, amp, channels_last, compile, quick, repea
 
 
 def _sampling_row(name, device, amp, channels_last, compile, quick, steps, repeats, length=64) -> dict:
-    score, memory, autocast, VPSDE = _score_setup(device, amp, channels_last, compile, quick)
+    score, memory, autocast = _score_setup(device, amp, channels_last, compile, quick)
     score.eval()
     sde = VPSDE(score, (length, 2, 64, 64)).to(device)
 

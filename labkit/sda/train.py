@@ -140,6 +140,11 @@ def build_score(config: TrainConfig, size: int = 64) -> MCScoreNet:
                       hidden_blocks=config.hidden_blocks, size=size)
 
 
+def as_eps(network: nn.Module, config: TrainConfig) -> nn.Module:
+    """The network as the loss and the sampler call it: itself, or inside GaussianSkip when ``config.skip``."""
+    return GaussianSkip(network, config.alpha, config.eta) if config.skip else network
+
+
 def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[nn.Module, TrainConfig]:
     """The trained trajectory eps network and its config from ``out_dir/checkpoint.pt``.
 
@@ -149,8 +154,7 @@ def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[nn.Module, Tra
     config = TrainConfig(**state["config"])
     score = build_score(config, state["size"])
     score.load_state_dict(state["model"])
-    score = score.to(device)
-    return (GaussianSkip(score, config.alpha, config.eta) if config.skip else score), config
+    return as_eps(score.to(device), config), config
 
 
 def generate_command(data_dir, profile_name: str | None = None) -> str:
@@ -288,10 +292,8 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
                                                 broadcast_buffers=False) if world > 1 else net
     shape = (2 * config.window, size, size)
-    eps, valid_eps = (GaussianSkip(model, config.alpha, config.eta), GaussianSkip(net, config.alpha, config.eta)) \
-        if config.skip else (model, net)
-    sde = VPSDE(eps, shape, alpha=config.alpha, eta=config.eta).to(device)
-    valid_sde = VPSDE(valid_eps, shape, alpha=config.alpha, eta=config.eta).to(device)
+    sde = VPSDE(as_eps(model, config), shape, alpha=config.alpha, eta=config.eta).to(device)
+    valid_sde = VPSDE(as_eps(net, config), shape, alpha=config.alpha, eta=config.eta).to(device)
 
     # Every process sees batch_size / world windows per step; the order of epoch e depends on (seed, e).
     sampler = torch.utils.data.DistributedSampler(epoch_set, num_replicas=world, rank=rank, shuffle=True,
