@@ -84,6 +84,26 @@ _SIZES: dict[str, dict[str, dict]] = {
                       train_windows=1, train_checkpoint_every=16, train_skip=False,
                       sample_steps=256, sample_corrections=1, sample_count=8, sample_length=64),
     },
+    "htt": {
+        # Chapter 5a (TT embeddings). Memory: the table measured live (vocab, width, tokens, ranks;
+        # full = the 50,000 x 1,024 at 16,384 tokens). Quality: a small LM on the Python
+        # standard library's sources (corpus bytes, BPE vocabulary, width, layers, heads, context,
+        # batch, steps, evaluation interval) with each input embedding in `lm_variants`.
+        "quick": dict(mem_vocab=5000, mem_d_model=128, mem_tokens=1024, mem_ranks=(4, 8, 16, 32),
+                      corpus_bytes=1_000_000, lm_vocab=2048, lm_d_model=64, lm_layers=2, lm_heads=4, lm_context=64,
+                      lm_batch=16, lm_steps=100, lm_eval_every=50, lm_lr=2e-3,
+                      lm_variants=("dense", "tt-r4", "tt-r16")),
+        "full": dict(mem_vocab=50000, mem_d_model=1024, mem_tokens=16384, mem_ranks=(8, 16, 32, 64),
+                     corpus_bytes=10_000_000, lm_vocab=16384, lm_d_model=512, lm_layers=4, lm_heads=8, lm_context=256,
+                     lm_batch=32, lm_steps=1000, lm_eval_every=250, lm_lr=1e-3,
+                     lm_variants=("dense", "tt-r8", "tt-r16", "tt-r32", "tt-r64", "tt-r16-c3", "tt-r16-complex",
+                                  "tt-r16-cos")),
+        "paper": dict(mem_vocab=50257, mem_d_model=1024, mem_tokens=16384, mem_ranks=(8, 16, 32, 64),
+                      corpus_bytes=64_000_000, lm_vocab=50000, lm_d_model=1024, lm_layers=8, lm_heads=16,
+                      lm_context=512, lm_batch=32, lm_steps=20000, lm_eval_every=1000, lm_lr=6e-4,
+                      lm_variants=("dense", "tt-r8", "tt-r16", "tt-r32", "tt-r64", "tt-r16-c3", "tt-r16-complex",
+                                   "tt-r16-cos")),
+    },
 }
 
 

@@ -14,6 +14,7 @@ SUITES = {
     "flow": "labkit.sda.bench:run",
     "flow-cpu": "labkit.sda.bench:run_cpu_comparison",
     "sda": "labkit.sda.bench:run_score",
+    "htt": "labkit.htt.bench:run",
 }
 
 __all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "write_results"]

@@ -62,6 +62,33 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, warmup: int = 
     }
 
 
+def time_graph(fn: Callable[[], object], device: torch.device | str, repeats: int = 30) -> dict | None:
+    """Like :func:`time_fn` for ``fn`` captured once in a CUDA graph and replayed.
+
+    A replay launches the captured kernels without Python, so this is the GPU's share of the
+    time: what ``fn`` costs when host overhead is out of the way (a training step under
+    ``torch.compile(mode="reduce-overhead")`` or a hand-made graph). ``None`` off CUDA or when
+    ``fn`` cannot be captured (a host sync, a CPU tensor in the way).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the graph, on a side stream as capture wants
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception:  # noqa: BLE001 - any capture failure means "not capturable"
+        torch.cuda.synchronize(device)
+        return None
+    return time_fn(graph.replay, device, warmup=3, repeats=repeats)
+
+
 def peak_memory_mib(fn: Callable[[], object], device: torch.device | str) -> float | None:
     """Extra CUDA memory (MiB) that one call of ``fn`` needs at its peak; None off CUDA."""
     device = torch.device(device)
