@@ -81,7 +81,10 @@ def time_graph(fn: Callable[[], object], device: torch.device | str, repeats: in
                 fn()
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local, as torch.compile's CUDA graphs do: autograd runs backward on a worker
+        # thread, and in the default global mode a harmless driver query from that thread aborts
+        # the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             fn()
     except Exception:  # noqa: BLE001 - any capture failure means "not capturable"
         torch.cuda.synchronize(device)

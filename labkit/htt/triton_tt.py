@@ -41,7 +41,7 @@ if interpret_mode():
 def _forward_configs():
     if interpret_mode():
         return [triton.Config({"BLOCK_T": 2}, num_warps=4)]
-    return [triton.Config({"BLOCK_T": t}, num_warps=w) for t in (1, 2, 4) for w in (2, 4)]
+    return [triton.Config({"BLOCK_T": t}, num_warps=w) for t in (1, 2, 4, 8) for w in (2, 4, 8)]
 
 
 def _backward_configs():
