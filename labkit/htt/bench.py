@@ -62,7 +62,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     rows = []
     for dist, ids in id_sets.items():
         ids = ids.to(device)
-        grad_out = torch.randn(tokens, d_model, device=device)
+        grad_out = torch.randn(tokens, d_model, generator=g).to(device)
         base = {}
         for name, module in variants.items():
             fn = _fwd_bwd(module, ids, grad_out)
@@ -87,7 +87,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     sweep = (256, 1024) if quick else (1024, 4096, 16384, 65536)
     for n in sweep:
         ids = torch.randint(0, vocab, (n,), generator=g).to(device)
-        grad_out = torch.randn(n, d_model, device=device)
+        grad_out = torch.randn(n, d_model, generator=g).to(device)
         for name in ("nn.Embedding (dense grad)", "TT gather+einsum (seed)", "TT triton" if on_gpu else "TT recompute (torch)"):
             timing = time_fn(_fwd_bwd(variants[name], ids, grad_out), device, warmup=2, repeats=repeats)
             rows.append({"name": name, "case": "token sweep", "ids": "uniform", "tokens": n, "vocab": vocab,

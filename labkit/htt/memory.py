@@ -95,7 +95,7 @@ def measure_embedding(name: str, module: nn.Module, ids: torch.Tensor,
     opt = (optimizer or (lambda ps: torch.optim.AdamW(ps, lr=1e-3)))(params)
     with torch.no_grad():
         out_shape = module(ids).shape
-    grad_out = torch.randn(out_shape, device=device, dtype=params[0].dtype)
+    grad_out = torch.randn(out_shape, dtype=params[0].dtype).to(device)  # CPU RNG: no CUDA generator state involved
 
     def step():
         module(ids).backward(grad_out)
