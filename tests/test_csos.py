@@ -345,11 +345,15 @@ def test_fit_seeds_matches_separate_runs(rank, clip):
                  for m, seed in zip(separate, seeds)]
     together = [build(seed) for seed in seeds]
     joint = fit_seeds(together, train, test, config, seeds, progress=False)
+    # Batched and single matmuls sum in different orders, and Adam's m / sqrt(v) magnifies those
+    # last-bit differences in small gradients: after 9 steps they reach ~2e-4 relative on some CPUs
+    # (3.2e-5 on weights of 0.18 with AVX-512 kernels). Giving each seed the other's batch order
+    # moves the weights by 3.5e-2, far outside these tolerances.
     for a, b, h, j in zip(separate, together, histories, joint):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)
         for key in ("train_loss", "test_loss", "test_acc", "train_acc"):
-            assert h.column(key) == pytest.approx(j.column(key), rel=1e-4, abs=1e-5), key
+            assert h.column(key) == pytest.approx(j.column(key), rel=1e-3, abs=1e-4), key
     if clip is not None:  # the threshold is small enough to bite: clipping really was exercised
         model = build(0)
         x, y = train
