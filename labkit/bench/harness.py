@@ -82,8 +82,8 @@ def time_graph(fn: Callable[[], object], device: torch.device | str, repeats: in
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local, as torch.compile's CUDA graphs do: autograd runs backward on a worker
-        # thread, and in the default global mode a harmless driver query from that thread aborts
-        # the capture.
+        # thread, which the default global mode also polices (the TT lookup's fwd+bwd was captured
+        # this way on an H100, not in a global-mode diagnostic run).
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             fn()
     except Exception:  # noqa: BLE001 - any capture failure means "not capturable"
