@@ -46,7 +46,7 @@ def _variants(vocab: int, d_model: int, rank: int, on_gpu: bool) -> dict[str, nn
 
 
 def _fwd_bwd(module: nn.Module, ids: torch.Tensor, grad_out: torch.Tensor):
-    params = [p for p in module.parameters()]
+    params = list(module.parameters())
     return lambda: torch.autograd.grad(module(ids), params, grad_out)
 
 

@@ -38,6 +38,7 @@ from labkit.backend import interpret_mode, patch_triton_interpreter
 if interpret_mode():
     patch_triton_interpreter()
 
+
 def _forward_configs():
     if interpret_mode():
         return [triton.Config({"BLOCK_T": 2}, num_warps=4)]

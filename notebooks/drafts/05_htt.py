@@ -291,8 +291,7 @@ print(corpus)
 started = time.perf_counter()
 tokenizer = lm.train_tokenizer(corpus.text, cfg.lm_vocab)
 token_ids = lm.encode(tokenizer, corpus.text)
-split = int(0.9 * len(token_ids))
-train_ids, valid_ids = token_ids[:split], token_ids[split:]
+train_ids, valid_ids = lm.split_tokens(token_ids, valid_fraction=0.1)  # the last tenth, contiguous
 print(f"BPE vocabulary {tokenizer.get_vocab_size()}, {len(token_ids):,} tokens "
       f"({len(corpus.text) / len(token_ids):.2f} characters per token), {time.perf_counter() - started:.1f} s")
 print(repr(tokenizer.decode(token_ids[:40].tolist())))
