@@ -104,6 +104,32 @@ _SIZES: dict[str, dict[str, dict]] = {
                       lm_variants=("dense", "tt-r8", "tt-r16", "tt-r32", "tt-r64", "tt-r16-c3", "tt-r16-complex",
                                    "tt-r16-cos")),
     },
+    "toolkit": {
+        # Chapter 5b (the kernel toolkit). Log-domain matmul accuracy: A (acc_size x K) times
+        # B (K x acc_size) for K in acc_ks, against float64. HMM: states, symbols and length of the
+        # sampled sequence (the unscaled forward underflows after a few dozen steps in fp32).
+        # AR-SSM: length of the bounded-state demo, draws per logit of the gate-bias estimate; the
+        # rank sweep fits a student with max_rank channels to a teacher with task_rank channels
+        # (width task_d_model, sequences of task_length, task_batch per step) for gate_steps Adam
+        # steps under penalty * expected rank / max_rank, in Gumbel mode at each temperature and
+        # seed (soft and STE once, for reference). Recovery: steps, the step whose weight gets a
+        # NaN, and the checkpoint interval (in healthy steps).
+        "quick": dict(acc_size=64, acc_ks=(4, 16, 64, 256, 1024), hmm_states=16, hmm_symbols=20, hmm_length=2000,
+                      state_length=16384, gate_draws=20000, task_d_model=8, task_rank=4, task_length=128,
+                      task_batch=16, max_rank=16, gate_steps=400, gate_penalty=0.5,
+                      temperatures=(0.1, 0.3, 1.0, 3.0), gate_seeds=(0,), recovery_steps=200, fault_step=120,
+                      checkpoint_every=25),
+        "full": dict(acc_size=256, acc_ks=(4, 16, 64, 256, 1024, 4096), hmm_states=64, hmm_symbols=50,
+                     hmm_length=20000, state_length=262144, gate_draws=200000, task_d_model=8, task_rank=4,
+                     task_length=128, task_batch=16, max_rank=16, gate_steps=1000, gate_penalty=0.5,
+                     temperatures=(0.1, 0.3, 1.0, 3.0), gate_seeds=(0, 1, 2), recovery_steps=600, fault_step=400,
+                     checkpoint_every=50),
+        "paper": dict(acc_size=1024, acc_ks=(4, 16, 64, 256, 1024, 4096, 16384), hmm_states=256, hmm_symbols=100,
+                      hmm_length=100000, state_length=1048576, gate_draws=1000000, task_d_model=32, task_rank=8,
+                      task_length=512, task_batch=32, max_rank=64, gate_steps=5000, gate_penalty=0.5,
+                      temperatures=(0.03, 0.1, 0.3, 1.0, 3.0, 10.0), gate_seeds=(0, 1, 2, 3, 4),
+                      recovery_steps=3000, fault_step=2000, checkpoint_every=100),
+    },
 }
 
 

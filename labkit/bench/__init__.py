@@ -15,6 +15,9 @@ SUITES = {
     "flow-cpu": "labkit.sda.bench:run_cpu_comparison",
     "sda": "labkit.sda.bench:run_score",
     "htt": "labkit.htt.bench:run",
+    "logmatmul": "labkit.htt.bench_logmatmul:run",
+    "scan": "labkit.htt.bench_scan:run",
+    "presets": "labkit.htt.bench_presets:run",
 }
 
 __all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "write_results"]
