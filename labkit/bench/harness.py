@@ -62,6 +62,33 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, warmup: int = 
     }
 
 
+def time_loop(fn: Callable[[], object], device: torch.device | str, calls: int = 20, repeats: int = 10) -> dict | None:
+    """Per-call time of ``calls`` back-to-back calls of ``fn`` with no sync between them (median of ``repeats``).
+
+    :func:`time_fn` waits for the GPU after every call, so each call starts on an idle GPU and its
+    host overhead (Python, launches) is on the clock. In a training loop the host runs ahead of
+    the GPU and that overhead hides behind the GPU work of earlier calls, unless the host is the
+    slower of the two. This is that steady state: max(host time, GPU time) per call, roughly.
+    ``None`` off CUDA.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    for _ in range(3):
+        fn()
+    _sync(device)
+    per_call = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        per_call.append(start.elapsed_time(end) / calls)
+    return {"median_ms": statistics.median(per_call), "min_ms": min(per_call), "calls": calls, "repeats": repeats}
+
+
 def time_graph(fn: Callable[[], object], device: torch.device | str, repeats: int = 30) -> dict | None:
     """Like :func:`time_fn` for ``fn`` captured once in a CUDA graph and replayed.
 

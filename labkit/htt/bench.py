@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from labkit.bench.harness import peak_memory_mib, time_fn, time_graph
+from labkit.bench.harness import peak_memory_mib, time_fn, time_graph, time_loop
 from labkit.htt.memory import measure_embedding, memory_table
 from labkit.htt.tt import HolographicTTEmbedding
 
@@ -72,14 +72,19 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
             if name.startswith("TT gather"):
                 base["reference"] = timing["median_ms"]
             graph = time_graph(fn, device, repeats=repeats)
+            loop = time_loop(fn, device)
             base.setdefault("embedding_graph", graph and graph["median_ms"])
+            base.setdefault("embedding_loop", loop and loop["median_ms"])
             rows.append({"name": name, "case": "fwd+bwd", "ids": dist, "tokens": tokens, "vocab": vocab,
                          "d_model": d_model, "rank": rank, "dtype": "float32", **timing,
                          "forward_ms": fwd["median_ms"], "graph_ms": graph and graph["median_ms"],
+                         "loop_ms": loop and loop["median_ms"],
                          "peak_mib": peak_memory_mib(fn, device),
                          "x_embedding": timing["median_ms"] / base["embedding"],
                          "x_embedding_graph": graph and base["embedding_graph"] and
-                         graph["median_ms"] / base["embedding_graph"]})
+                         graph["median_ms"] / base["embedding_graph"],
+                         "x_embedding_loop": loop and base["embedding_loop"] and
+                         loop["median_ms"] / base["embedding_loop"]})
         for row in rows[-len(variants):]:
             row["speedup_vs_reference"] = base["reference"] / row["median_ms"]
 
@@ -109,8 +114,10 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
         rows.append({"case": "memory", "ids": "zipf", "vocab": vocab, "d_model": d_model, "dtype": "float32", **row})
 
     config = {"vocab": vocab, "d_model": d_model, "rank": rank, "tokens": tokens,
-              "note": "fwd+bwd = lookup + gradients of the parameters, timed eagerly (median_ms: what a Python "
-                      "training loop sees, host overhead included) and replayed from a CUDA graph (graph_ms: "
-                      "the GPU work alone; None where capture fails); x_embedding = time / nn.Embedding "
-                      "(dense) time on the same ids; memory rows: see labkit.htt.memory"}
+              "note": "fwd+bwd = lookup + gradients of the parameters. median_ms: each call timed alone, the GPU "
+                      "idle at its start, so host overhead (Python, launches) is on the clock; loop_ms: calls back "
+                      "to back with no sync between them, the steady state of a training loop whose host runs "
+                      "ahead; graph_ms: replayed from a CUDA graph, the GPU work alone (None where capture "
+                      "fails); x_embedding*: time / nn.Embedding (dense) time on the same ids, same method; "
+                      "memory rows: see labkit.htt.memory"}
     return config, rows
