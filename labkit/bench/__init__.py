@@ -18,6 +18,7 @@ SUITES = {
     "logmatmul": "labkit.htt.bench_logmatmul:run",
     "scan": "labkit.htt.bench_scan:run",
     "presets": "labkit.htt.bench_presets:run",
+    "vit": "labkit.vit.bench:run",
 }
 
 __all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "time_loop", "write_results"]

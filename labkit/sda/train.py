@@ -45,6 +45,7 @@ import torch.distributed as dist
 from torch import nn
 
 from labkit.data import atomic_write
+from labkit.runs import check_resumable, csv_line, pick_device, stream_seed, torchrun_world, write_text
 from labkit.sda.data import DatasetSpec, TrajectoryDataset
 from labkit.sda.nn import MCScoreNet, make_score, parameter_count
 from labkit.sda.score import ALPHAS, VPSDE, GaussianSkip
@@ -176,34 +177,14 @@ class LearningRateFactor:
 STREAMS = ("init", "noise", "windows", "valid-windows", "valid-noise")
 
 
-def _seed(seed: int, stream: str, rank: int = 0) -> int:
-    """A separate seed for each use of randomness (and each process), all derived from ``seed``."""
-    return (seed * 1_000_003 + rank) * len(STREAMS) + STREAMS.index(stream)
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _csv_line(row: dict) -> str:
-    return ",".join(repr(row[k]) if isinstance(row[k], float) else str(row[k]) for k in METRICS) + "\n"
 
 
-def _world() -> tuple[int, int, int]:
-    """(world size, rank, local rank) from torchrun's environment; (1, 0, 0) when run alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 1, 0, 0
-    return world, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _pick_device(device, local_rank: int) -> torch.device:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
-        torch.cuda.set_device(device)
-    return device
 
 
 def _data_spec(attrs: dict) -> dict:
@@ -211,17 +192,7 @@ def _data_spec(attrs: dict) -> dict:
 
 
 def _check_resumable(state: dict, config: TrainConfig, world: int, data: dict, path: Path) -> None:
-    saved = TrainConfig(**state["config"])
-    changed = [f.name for f in dataclasses.fields(TrainConfig)
-               if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(config, f.name)]
-    if changed:
-        raise ValueError(f"{path} was written by a run with another config: "
-                         + ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in changed)
-                         + "; pass the same settings to resume, or start over (--no-resume / resume=False, "
-                           "or another output folder)")
-    if state["world_size"] != world:
-        raise ValueError(f"{path} was written by {state['world_size']} process(es), this run has {world}; "
-                         "resume with the same number (the random states are per process)")
+    check_resumable(state["config"], config, RUNTIME_FIELDS, state["world_size"], world, path)
     if state["data"] != data:
         changed = sorted(k for k in data if state["data"].get(k) != data[k])
         raise ValueError(f"{path} was trained on other data (differs in {changed}); use the same --data")
@@ -244,8 +215,8 @@ def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         one dict per epoch: epoch, train_loss, valid_loss (both averaged over all processes),
         lr (of the epoch's first step), seconds.
     """
-    world, rank, local_rank = _world()
-    device = _pick_device(device, local_rank)
+    world, rank, local_rank = torchrun_world()
+    device = pick_device(device, local_rank)
     if config.amp == "auto":  # stored resolved, so that a resume on another device is noticed
         config = dataclasses.replace(config, amp="bf16" if device.type == "cuda" else "none")
     if config.batch_size % world:
@@ -267,10 +238,11 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
                                     f"`{generate_command(data_dir)}`")
     cuda = device.type == "cuda"
     # The training windows: trajectory i at a random start drawn from this process's generator.
-    windows = torch.Generator().manual_seed(_seed(config.seed, "windows", rank))
+    windows = torch.Generator().manual_seed(stream_seed(config.seed, STREAMS, "windows", rank))
     train_set = TrajectoryDataset(data_dir / "train.h5", config.window, flatten=True, generator=windows)
     valid_set = TrajectoryDataset(data_dir / "valid.h5", config.window, flatten=True,
-                                  generator=torch.Generator().manual_seed(_seed(config.seed, "valid-windows")))
+                                  generator=torch.Generator().manual_seed(
+                                      stream_seed(config.seed, STREAMS, "valid-windows")))
     # The same validation windows for every epoch and process; each process scores its share (maybe none).
     valid_x = torch.stack([valid_set[i] for i in range(len(valid_set))])[rank::world]
     data = _data_spec(train_set.attrs)
@@ -280,10 +252,10 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
 
     # The model: the same initial weights on every process; then each draws its own noise.
-    torch.manual_seed(_seed(config.seed, "init"))
+    torch.manual_seed(stream_seed(config.seed, STREAMS, "init"))
     score = build_score(config, size)
     net = score.kernel.to(device, memory_format=memory)
-    torch.manual_seed(_seed(config.seed, "noise", rank))
+    torch.manual_seed(stream_seed(config.seed, STREAMS, "noise", rank))
     if config.compile:
         net.compile()  # in place: the state_dict keys stay those of the plain network
     # Training goes through DDP (gradients averaged over processes); its buffers (the forcing channel,
@@ -324,7 +296,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         # Rows of epochs after the checkpoint (an interruption between the two writes) are dropped.
-        _write_text(out / "metrics.csv", ",".join(METRICS) + "\n" + "".join(_csv_line(r) for r in history))
+        write_text(out / "metrics.csv", ",".join(METRICS) + "\n" + "".join(csv_line(r, METRICS) for r in history))
     run = _wandb_run(config, data, wandb_id) if writer else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp == "bf16")
 
@@ -358,7 +330,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
             total += loss.detach() * len(x)  # accumulated on the device: no sync per step
         train_loss = global_mean(total, len(order))
         valid_loss = global_mean(*_validate(valid_sde, net, valid_x, local_batch, device, memory, autocast,
-                                            _seed(config.seed, "valid-noise", rank)))
+                                            stream_seed(config.seed, STREAMS, "valid-noise", rank)))
         row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=valid_loss, lr=lr,
                    seconds=time.perf_counter() - started)
         history.append(row)
@@ -366,7 +338,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
 
         if writer:
             with open(out / "metrics.csv", "a") as f:
-                f.write(_csv_line(row))
+                f.write(csv_line(row, METRICS))
             if run is not None:
                 run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         if (epoch + 1) % config.checkpoint_every and epoch + 1 != last:
@@ -385,7 +357,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
             atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
             summary = dict(config=dataclasses.asdict(config), data=data, world_size=world,
                            parameters=parameter_count(net)[0], steps_per_epoch=steps_per_epoch, rows=history)
-            _write_text(out / "history.json", json.dumps(summary, indent=1))
+            write_text(out / "history.json", json.dumps(summary, indent=1))
     bar.close()
     if run is not None:
         run.finish()
@@ -477,7 +449,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if _world()[1] == 0 and history:
+    if torchrun_world()[1] == 0 and history:
         final = history[-1]
         print(f"epoch {final['epoch']}/{config.epochs}: train loss {final['train_loss']:.4f}, "
               f"valid loss {final['valid_loss']:.4f} -> {Path(args.out) / 'checkpoint.pt'}")

@@ -1,0 +1,67 @@
+"""What every resumable training run in labkit shares: processes, seeds, metric files, resume checks.
+
+The training programs (``python -m labkit.sda.train``, ``python -m labkit.vit.train``) run alone or
+as one of several processes under ``torchrun`` (data-parallel), write their metrics with atomic
+renames, and refuse to resume a checkpoint written by another recipe or another number of
+processes (the random states are per process, so the continuation would not be the same run).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from labkit.data import atomic_write
+
+
+def torchrun_world() -> tuple[int, int, int]:
+    """(world size, rank, local rank) from torchrun's environment; (1, 0, 0) when run alone."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return 1, 0, 0
+    return size, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(device, local_rank: int) -> torch.device:
+    """``device``, or CUDA when present (this process's GPU under torchrun), else the CPU."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
+        torch.cuda.set_device(device)
+    return device
+
+
+def stream_seed(seed: int, streams: tuple[str, ...], stream: str, rank: int = 0) -> int:
+    """A separate seed for each use of randomness (``stream``) and each process, all derived from ``seed``."""
+    return (seed * 1_000_003 + rank) * len(streams) + streams.index(stream)
+
+
+def csv_line(row: dict, columns: tuple[str, ...]) -> str:
+    """One CSV line; floats written with ``repr`` so they read back exactly."""
+    return ",".join(repr(row[k]) if isinstance(row[k], float) else str(row[k]) for k in columns) + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_resumable(saved: dict, config, runtime_fields: tuple[str, ...], saved_world: int, world_size: int,
+                    path: Path) -> None:
+    """Raise unless a checkpoint (its config as a dict, its world size) can continue this run.
+
+    ``runtime_fields`` may differ (how fast the run goes, not what it computes).
+    """
+    saved = type(config)(**saved)
+    changed = [f.name for f in dataclasses.fields(config)
+               if f.name not in runtime_fields and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        raise ValueError(f"{path} was written by a run with another config: "
+                         + ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in changed)
+                         + "; pass the same settings to resume, or start over (--no-resume / resume=False, "
+                           "or another output folder)")
+    if saved_world != world_size:
+        raise ValueError(f"{path} was written by {saved_world} process(es), this run has {world_size}; "
+                         "resume with the same number (the random states are per process)")

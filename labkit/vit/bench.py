@@ -1,0 +1,112 @@
+"""Benchmark suite ``vit``: a full ViT training step with an MLP or a ChebyKAN feed-forward.
+
+``python -m labkit.bench vit`` measures, at batch 64, 224 x 224 images, bf16 autocast and a full
+AdamW step (forward, cross-entropy, backward, optimizer):
+
+* labkit's ViT-B/16 with the MLP feed-forward (attention through SDPA);
+* the same with the seed's explicit softmax attention (``attn_impl="explicit"``): the seed's formulation;
+* labkit's ViT-B/16 with the ChebyKAN feed-forward (degree 3; Triton kernels on the GPU);
+* timm's ``vit_base_patch16_224`` when timm imports (else a row saying why it is skipped).
+
+Each timed row has the median step time, the peak memory of the step, the parameters and the
+forward GFLOPs per image (``FlopCounterMode``, 2 FLOPs per multiply-add). Then the seed's table
+models (B/16, B/32, L/16, L/32, H/14, each with the MLP and the ChebyKAN ffn) are *counted*, not
+run: built on the meta device, true parameters against the seed's rule (:func:`seed_parameter_count`)
+and forward FLOPs per image. ``quick`` (or no GPU) uses tiny models at 32 x 32 on the CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+from labkit.vit.accounting import count_flops, count_parameters, peak_memory_and_throughput, seed_parameter_count
+from labkit.vit.model import create_model
+
+TABLE_MODELS = {"B/16": "vit_base_patch16_224", "B/32": "vit_base_patch32_224",
+                "L/16": "vit_large_patch16_224", "L/32": "vit_large_patch32_224_in21k",
+                "H/14": "vit_huge_patch14_224_in21k"}
+
+
+def _timed_variants(quick: bool) -> dict:
+    """name -> (builder, ffn) of the models whose training step is timed."""
+    if quick:
+        base = dict(img_size=32, patch_size=4, in_c=3, embed_dim=64, depth=2, num_heads=2, num_classes=10)
+        make = lambda **kw: create_model("vit_tiny_patch4_32", **{**base, **kw})  # noqa: E731
+    else:
+        make = lambda **kw: create_model("vit_base_patch16_224", **kw)  # noqa: E731
+    return {
+        "labkit ViT (MLP, SDPA)": (lambda: make(), "mlp"),
+        "seed formulation (MLP, explicit softmax attention)": (lambda: make(attn_impl="explicit"), "mlp"),
+        "labkit ViT (ChebyKAN degree 3)": (lambda: make(ffn="chebykan", ffn_kwargs=dict(degree=3)), "chebykan"),
+    }
+
+
+def _timm_model(quick: bool):
+    try:
+        import timm
+    except Exception as error:  # noqa: BLE001 - any import failure means "skip"
+        return None, f"timm does not import ({type(error).__name__}: {error})"
+    if quick:
+        return timm.create_model("vit_base_patch16_224", img_size=32, patch_size=4, embed_dim=64, depth=2,
+                                 num_heads=2, num_classes=10), None
+    return timm.create_model("vit_base_patch16_224"), None
+
+
+def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    quick = quick or not on_gpu
+    batch = 8 if quick else 64
+    steps, warmup = (3, 1) if quick else (20, 5)
+    rows = []
+    variants = {name: (build, ffn) for name, (build, ffn) in _timed_variants(quick).items()}
+    timm_model, why = _timm_model(quick)
+    for name, (build, ffn) in list(variants.items()) + [("timm vit_base_patch16_224", (lambda: timm_model, "mlp"))]:
+        if name.startswith("timm") and timm_model is None:
+            rows.append({"name": name, "case": "train step", "skipped": why})
+            continue
+        torch.manual_seed(0)
+        model = build().to(device)
+        shape = (1, 3, *model.patch_embed.img_size)
+        flops = count_flops(model, shape)["per_image"] if not name.startswith("timm") else \
+            _timm_flops(model, shape)
+        params = count_parameters(model)
+        timing = peak_memory_and_throughput(model, batch, device, steps=steps, warmup=warmup)
+        rows.append({"name": name, "case": "train step", "ffn": ffn, "batch": batch, "img_size": shape[-1],
+                     "amp": "bf16" if on_gpu else "none", **timing, "params": params["total"],
+                     "seed_rule_params": seed_parameter_count(model)["total"], "gflops_per_image": flops / 1e9})
+        del model
+        if on_gpu:
+            torch.cuda.empty_cache()
+    mlp = next(r for r in rows if r["name"] == "labkit ViT (MLP, SDPA)")
+    for row in rows:
+        if "median_ms" in row:
+            row["x_labkit_mlp"] = row["median_ms"] / mlp["median_ms"]
+
+    # The seed's table, counted on the meta device (no memory, no compute).
+    for label, factory in TABLE_MODELS.items():
+        for ffn in ("mlp", "chebykan"):
+            kwargs = dict(num_classes=5)  # the seed trained on tf_flowers' 5 classes
+            if quick and label != "B/16":
+                continue
+            with torch.device("meta"):
+                model = create_model(factory, ffn=ffn, **kwargs)
+            true, seed = count_parameters(model), seed_parameter_count(model)
+            flops = count_flops(model, (1, 3, 224, 224))
+            rows.append({"name": f"ViT-{label} {ffn}", "case": "seed table", "model": factory, "ffn": ffn,
+                         "num_classes": 5, "params": true["total"], "seed_rule_params": seed["total"],
+                         "seed_rule_missed": seed["missed"], "gflops_per_image": flops["per_image"] / 1e9})
+    config = {"batch": batch, "img_size": 32 if quick else 224, "steps": steps, "warmup": warmup,
+              "note": "train step = forward + cross-entropy + backward + AdamW (fused on CUDA), bf16 autocast on "
+                      "CUDA; median_ms over steps after warm-up; peak_mib = CUDA allocator peak over the timed "
+                      "steps (weights, grads, AdamW state, activations); gflops_per_image = forward FLOPs from "
+                      "FlopCounterMode (2 per multiply-add, KAN layers on their PyTorch path for the count); "
+                      "seed_rule_params = sum of sub-modules' weight/bias (the seed's table's rule); "
+                      "seed-table rows are counted on the meta device with 5 classes (tf_flowers)"}
+    return config, rows
+
+
+def _timm_flops(model, shape) -> float:
+    try:
+        return count_flops(model, shape)["per_image"]
+    except Exception:  # noqa: BLE001 - a model the counter cannot trace: leave the cell empty
+        return float("nan")
