@@ -7,6 +7,7 @@ processes (the random states are per process, so the continuation would not be t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -32,6 +33,30 @@ def pick_device(device, local_rank: int) -> torch.device:
             device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
         torch.cuda.set_device(device)
     return device
+
+
+def join_process_group(device: torch.device, world_size: int) -> None:
+    """Join torchrun's process group (NCCL on GPUs, gloo on the CPU) when there is more than one process.
+
+    Left open for later calls in this process (re-creating a group after destroying it can hang);
+    :func:`closing_process_group` around a program's main closes it at the end.
+    """
+    import torch.distributed as dist
+
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+@contextlib.contextmanager
+def closing_process_group():
+    """Destroy the process group (if one was joined) when the block ends, however it ends."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def stream_seed(seed: int, streams: tuple[str, ...], stream: str, rank: int = 0) -> int:

@@ -2,12 +2,6 @@
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +10,11 @@ from labkit.sda.data import DatasetSpec, generate
 from labkit.sda.nn import MCScoreNet
 from labkit.sda.train import LearningRateFactor, TrainConfig, load_score, main, train
 
+from torchrun_helper import run_two_processes
+
 # 10 trajectories of 8 states at 16 x 16 (8 train, 1 valid, 1 test); two U-Net levels (16 -> 8).
 TINY_DATA = dict(trajectories=10, size=16, factor=1, spinup=1, length=8)
 TINY = dict(batch_size=4, hidden_channels=(8, 16), hidden_blocks=(1, 1), embedding=16)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -168,20 +163,7 @@ DDP_SCRIPT = """
 
 def test_data_parallel_two_processes(data, tmp_path):
     """torchrun with 2 CPU processes (gloo): runs, rank 0 writes, and resuming is exact there too (~15 s)."""
-    script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), str(data), str(tmp_path)]
-    # its own process group, so that a hang is cleaned up with the workers torchrun started
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
-    assert process.returncode == 0, output[-3000:]
+    run_two_processes(DDP_SCRIPT, tmp_path, str(data), str(tmp_path))
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split"))
     assert a["world_size"] == 2 and len(a["rng"]) == 2 and a["epoch"] == 3
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

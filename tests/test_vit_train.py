@@ -1,22 +1,17 @@
 """Tests of the ViT training program ``labkit.vit.train`` (CPU, the offline MNIST subset, a tiny ViT)."""
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from labkit.vit.train import TrainConfig, load_model, lr_factor, main, train
 
+from torchrun_helper import run_two_processes
+
 # 2 blocks of width 32 on 7 x 7 patches; 512 training images (16 steps of 32), the 1,000 test images.
 TINY = dict(model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0), batch_size=32, limit=512,
             warmup_epochs=1.0, lr=1e-3)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -118,19 +113,7 @@ DDP_SCRIPT = """
 
 def test_data_parallel_two_processes(tmp_path):
     """torchrun with 2 CPU processes (gloo): runs, rank 0 writes, resuming is exact there too."""
-    script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "LABKIT_BACKEND": "torch"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), str(tmp_path)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise
-    assert process.returncode == 0, output[-3000:]
+    run_two_processes(DDP_SCRIPT, tmp_path, str(tmp_path), env={"LABKIT_BACKEND": "torch"})
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split"))
     assert a["world_size"] == 2 and len(a["rng"]) == 2 and a["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

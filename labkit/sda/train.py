@@ -45,7 +45,8 @@ import torch.distributed as dist
 from torch import nn
 
 from labkit.data import atomic_write
-from labkit.runs import check_resumable, csv_line, pick_device, stream_seed, torchrun_world, write_text
+from labkit.runs import (check_resumable, closing_process_group, csv_line, join_process_group, pick_device,
+                         stream_seed, torchrun_world, write_text)
 from labkit.sda.data import DatasetSpec, TrajectoryDataset
 from labkit.sda.nn import MCScoreNet, make_score, parameter_count
 from labkit.sda.score import ALPHAS, VPSDE, GaussianSkip
@@ -222,10 +223,7 @@ def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} (the global batch) must be divisible by the "
                          f"{world} processes")
-    if world > 1 and not dist.is_initialized():
-        # Left open for later calls in this process (re-creating a group after destroying it can hang);
-        # main() closes it at the end.
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    join_process_group(device, world)
     return _train(config, Path(data_dir), Path(out_dir), device, world, rank, progress, stop_after, resume)
 
 
@@ -443,12 +441,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          windows_per_trajectory=args.windows_per_trajectory or sizes.train_windows,
                          checkpoint_every=args.checkpoint_every or sizes.train_checkpoint_every,
                          skip=args.skip or sizes.train_skip)
-    try:
+    with closing_process_group():
         history = train(config, data, args.out, device=args.device, progress=not args.no_progress,
                         resume=not args.no_resume)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if torchrun_world()[1] == 0 and history:
         final = history[-1]
         print(f"epoch {final['epoch']}/{config.epochs}: train loss {final['train_loss']:.4f}, "

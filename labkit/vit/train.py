@@ -39,7 +39,8 @@ import torch.distributed as dist
 from torch import nn
 
 from labkit.data import atomic_write
-from labkit.runs import check_resumable, csv_line, pick_device, stream_seed, torchrun_world, write_text
+from labkit.runs import (check_resumable, closing_process_group, csv_line, join_process_group, pick_device,
+                         stream_seed, torchrun_world, write_text)
 from labkit.vit.model import FACTORIES, VisionTransformer, create_model, ffn_kinds
 
 __all__ = ["TrainConfig", "train", "build_model", "load_model", "lr_factor", "main"]
@@ -243,8 +244,7 @@ def train(config: TrainConfig, out_dir, device=None, progress: bool = True, stop
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} (the global batch) must be divisible by the "
                          f"{world} processes")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # left open; main() closes it
+    join_process_group(device, world)
     return _train(config, Path(out_dir), device, world, rank, progress, stop_after, resume)
 
 
@@ -427,12 +427,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else sizes.warmup_epochs,
                          seed=args.seed, amp=args.amp, compile=args.compile, limit=args.limit,
                          workers=args.workers)
-    try:
+    with closing_process_group():
         history = train(config, args.out, device=args.device, progress=not args.no_progress,
                         resume=not args.no_resume)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if torchrun_world()[1] == 0 and history:
         final = history[-1]
         print(f"epoch {final['epoch']}/{config.epochs}: train loss {final['train_loss']:.4f}, "
