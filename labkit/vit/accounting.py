@@ -17,13 +17,13 @@
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 from collections import defaultdict
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from labkit.bench.harness import time_fn
 
 __all__ = ["count_parameters", "seed_parameter_count", "count_flops", "torch_backend",
            "peak_memory_and_throughput"]
@@ -150,21 +150,9 @@ def peak_memory_and_throughput(model: nn.Module, batch: int, device, steps: int 
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
+    timing = time_fn(step, device, warmup=0, repeats=steps)  # warmed up above, before the peak reset
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [min(times)] * 4
-    median = statistics.median(times)
-    return dict(median_ms=median, p20_ms=q[0], p80_ms=q[-1], images_per_s=batch / (median / 1e3),
+    median = timing["median_ms"]
+    return dict(median_ms=median, p20_ms=timing["p20_ms"], p80_ms=timing["p80_ms"],
+                images_per_s=batch / (median / 1e3),
                 peak_mib=peak, peak_gib=peak / 1024 if peak is not None else None)
