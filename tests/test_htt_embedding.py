@@ -217,3 +217,22 @@ def test_memory_components_of_a_dense_and_a_tt_embedding():
     assert (tt.grads, tt.optimizer) == (cores, 2 * cores)
     assert tt.activations <= ids.numel() * 8 and tt.output == 256 * 64 * 4
     assert tt.footprint / dense.footprint < 0.05
+
+
+def test_backward_configs_pruned_by_register_demand():
+    """Large ranks keep only the configurations that compile in seconds (see triton_tt's comment)."""
+    import triton
+
+    from labkit.htt.triton_tt import BACKWARD_SHAPES, _prune_backward
+
+    configs = [triton.Config({"BLOCK_T": t}, num_warps=w) for t, w in BACKWARD_SHAPES]
+
+    def kept(rank):
+        tile = max(16, triton.next_power_of_2(rank))
+        return [(c.kwargs["BLOCK_T"], c.num_warps) for c in _prune_backward(configs, {}, BLOCK_D1=32,
+                                                                             BLOCK_D2=32, BLOCK_R=tile)]
+
+    assert kept(16) == list(BACKWARD_SHAPES)  # rank 16 at d_model 1,024: the whole list (1-4 s each)
+    assert kept(32) == [(16, 8), (16, 16)]
+    assert kept(64) == [(16, 16)]             # the others took 9-96 s to compile, or did not fit
+    assert kept(256) == [(16, 16)]            # nothing fits: the least loaded one, never an empty list

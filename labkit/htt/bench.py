@@ -17,6 +17,8 @@ The TT rows skip the id range check (``check_ids=False``: it costs one host sync
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -48,6 +50,12 @@ def _variants(vocab: int, d_model: int, rank: int, on_gpu: bool) -> dict[str, nn
 def _fwd_bwd(module: nn.Module, ids: torch.Tensor, grad_out: torch.Tensor):
     params = list(module.parameters())
     return lambda: torch.autograd.grad(module(ids), params, grad_out)
+
+
+def _progress(row: dict) -> None:
+    # One line per timed row on stderr: the suite runs for minutes (autotuning included).
+    print(f"[htt] {row['name']:28s} {row['case']:11s} {row['ids']:7s} {row['tokens']:6d} tokens "
+          f"{row['median_ms']:8.3f} ms", file=sys.stderr, flush=True)
 
 
 def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
@@ -85,6 +93,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
                          graph["median_ms"] / base["embedding_graph"],
                          "x_embedding_loop": loop and base["embedding_loop"] and
                          loop["median_ms"] / base["embedding_loop"]})
+            _progress(rows[-1])
         for row in rows[-len(variants):]:
             row["speedup_vs_reference"] = base["reference"] / row["median_ms"]
 
@@ -97,6 +106,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
             timing = time_fn(_fwd_bwd(variants[name], ids, grad_out), device, warmup=2, repeats=repeats)
             rows.append({"name": name, "case": "token sweep", "ids": "uniform", "tokens": n, "vocab": vocab,
                          "d_model": d_model, "rank": rank, "dtype": "float32", **timing})
+            _progress(rows[-1])
 
     # Memory of one training step (AdamW; SparseAdam for the sparse table).
     ids = id_sets["zipf"].to(device)

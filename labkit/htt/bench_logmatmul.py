@@ -22,6 +22,9 @@ it does not use labkit's algorithm.
 """
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
 
 from labkit.backend import use_triton
@@ -29,6 +32,7 @@ from labkit.bench.harness import peak_memory_mib, time_fn
 from labkit.htt.logmatmul import _fp32_matmul, log_matmul, log_matmul_maxonly, log_matmul_reference
 
 _CHUNK = 2 ** 24  # elements of the float64 oracle's intermediates
+_COMPILED = "reference under torch.compile"
 
 
 def uniform_inputs(m: int, k: int, n: int, device, low: float = -80.0, high: float = 80.0, seed: int = 0):
@@ -96,10 +100,10 @@ def variants(device: torch.device) -> dict:
         out["labkit triton (tf32x3)"] = lambda a, b: log_matmul(a, b, backend="triton", precision="tf32x3")
     out["labkit torch (same algorithm)"] = lambda a, b: log_matmul(a, b, backend="torch")
     out["reference: chunked broadcast logsumexp"] = log_matmul_reference
-    if device.type == "cuda":
-        out["reference under torch.compile"] = torch.compile(log_matmul_reference)
     out["max-only (max-log approximation)"] = log_matmul_maxonly
     out["fp32 matmul A @ B (scale)"] = fp32_matmul
+    if device.type == "cuda":  # measured last: compiling the chunk loop takes a while
+        out[_COMPILED] = torch.compile(log_matmul_reference)
     return out
 
 
@@ -146,6 +150,9 @@ def _measure(name, fn, a, b, grad, device, repeats, oracle, backward: bool) -> d
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    # One line per row on stderr: the suite runs for minutes, and a killed run should say how far it got.
+    print(f"[logmatmul] {name:40s} {row['case']:7s} n={row['M']:5d} {row.get('median_ms', float('nan')):9.3f} ms "
+          f"{row['status']}", file=sys.stderr, flush=True)
     return row
 
 
@@ -167,38 +174,61 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     impls = variants(device)
     rows = []
 
-    # Headline: 1024^3 fp32, inputs uniform in [-80, 80]; and the adversarial case.
-    for inputs, make in (("uniform +-80", uniform_inputs), ("adversarial", adversarial_inputs)):
-        a, b, grad = make(size, size, size, device)
-        oracle = exact_float64(a, b, grad)
-        names = impls if inputs.startswith("uniform") else \
-            [n for n in impls if n.startswith(("labkit", "reference: chunked", "fp32"))]
-        for backward in (False, True):
-            for name in names:
-                rows.append({"inputs": inputs, **_measure(name, impls[name], a, b, grad, device, repeats,
-                                                          oracle, backward)})
-        del oracle
+    # Headline: 1024^3 fp32, inputs uniform in [-80, 80]; and the adversarial case. Ctrl-C (or
+    # SIGINT from `timeout -s INT`) stops the suite and keeps the rows measured so far.
+    interrupted = False
+    try:
+        for inputs, make in (("uniform +-80", uniform_inputs), ("adversarial", adversarial_inputs)):
+            a, b, grad = make(size, size, size, device)
+            oracle = exact_float64(a, b, grad)
+            names = [n for n in impls if n != _COMPILED] if inputs.startswith("uniform") else \
+                [n for n in impls if n.startswith(("labkit", "reference: chunked", "fp32"))]
+            for backward in (False, True):
+                for name in names:
+                    rows.append({"inputs": inputs, **_measure(name, impls[name], a, b, grad, device, repeats,
+                                                              oracle, backward)})
+            del oracle
+    except KeyboardInterrupt:
+        interrupted = True
 
-    # Size sweep (forward, and fwd+bwd where the reference's saved intermediates fit).
+    # Size sweep (forward, and fwd+bwd where the reference's saved intermediates fit). Ctrl-C (or
+    # SIGINT from `timeout -s INT`) ends the sweep early and keeps what was measured.
     sweep = (32, 64) if quick else (256, 512, 1024, 2048, 4096)
     sweep_names = [n for n in impls if n.startswith(("labkit", "reference: chunked", "fp32"))]
-    for n in sweep:
-        a, b, grad = uniform_inputs(n, n, n, device, seed=1)
-        oracle = exact_float64(a, b, grad) if n <= 2048 else None
-        reps = max(3, min(repeats, int(repeats * (1024 / n) ** 2)))
-        for backward in (False, True):
-            for name in sweep_names:
-                reference = name.startswith("reference")
-                if reference and backward and n * n * n * 4 > 2 ** 33:  # saves n^3 fp32 for backward
-                    continue
-                row = _measure(name, impls[name], a, b, grad, device, 3 if reference and n > 2048 else reps,
-                               oracle, backward)
-                rows.append({"inputs": "uniform +-80", "sweep": True, **row})
+    try:
+        for n in sweep if not interrupted else ():
+            a, b, grad = uniform_inputs(n, n, n, device, seed=1)
+            oracle = exact_float64(a, b, grad) if n <= 2048 else None
+            reps = max(3, min(repeats, int(repeats * (1024 / n) ** 2)))
+            for backward in (False, True):
+                for name in sweep_names:
+                    reference = name.startswith("reference")
+                    if reference and backward and n * n * n * 4 > 2 ** 33:  # saves n^3 fp32 for backward
+                        continue
+                    row = _measure(name, impls[name], a, b, grad, device,
+                                   3 if reference and n > 2048 else reps, oracle, backward)
+                    rows.append({"inputs": "uniform +-80", "sweep": True, **row})
+    except KeyboardInterrupt:
+        interrupted = True
+
+    # torch.compile of the reference last: compiling its chunk loop (forward, then backward) takes
+    # the longest of anything here, and compile workers may not stop on Ctrl-C.
+    if _COMPILED in impls and not interrupted:
+        try:
+            a, b, grad = uniform_inputs(size, size, size, device)
+            oracle = exact_float64(a, b, grad)
+            for backward in (False, True):
+                rows.append({"inputs": "uniform +-80", **_measure(_COMPILED, impls[_COMPILED], a, b, grad, device,
+                                                                  repeats, oracle, backward)})
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        print("[logmatmul] interrupted; writing the rows measured so far", file=sys.stderr, flush=True)
 
     _add_ratios(rows)
     config = {"size": size, "dtype": "float32", "inputs": "A, B uniform in [-80, 80]; G ~ N(0, 1)",
               "autotuned": autotuned_configs() if on_gpu else None,
-              "sweep": list(sweep), "float64_oracle": "reference in float64 and explicit gradient sums",
+              "sweep": list(sweep), "interrupted": interrupted, "float64_oracle": "reference in float64 and explicit gradient sums",
               "target": "forward >= 20x faster than the chunked broadcast-logsumexp reference at 1024^3 on an "
                         "H100, fp32 relative error <= 1e-5",
               "note": "x_reference = time / reference time of the same case and inputs; errors against float64 "

@@ -16,7 +16,20 @@ from labkit.htt.presets import PRESETS, measure_preset_memory
 def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     quick = quick or device.type != "cuda"
     rows = []
-    for name, preset in PRESETS.items():
+    names = list(PRESETS)
+    try:
+        _measure_all(names, quick, device, rows)
+    except KeyboardInterrupt:  # SIGINT (Ctrl-C, `timeout -s INT`) keeps the presets measured so far
+        print(f"interrupted after {len(rows)} of {len(names)} presets", flush=True)
+    config = {"interrupted": len(rows) < len(names),
+              "note": "peak_*_gib: the CUDA allocator's peaks during one measured step above what was allocated "
+                      "before the model was built; fits: reserved peak + 0.5 GiB CUDA context <= budget"}
+    return config, rows
+
+
+def _measure_all(names: list[str], quick: bool, device: torch.device, rows: list[dict]) -> None:
+    for name in names:
+        preset = PRESETS[name]
         config = preset.replace(d_model=64, n_layers=2, seq_len=64, batch_size=2, vocab_size=1000) if quick else preset
         report = measure_preset_memory(config, device)
         rows.append({**report, "d_model": config.d_model, "n_layers": config.n_layers,
@@ -24,7 +37,5 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
                      "ar_ssm_max_rank": config.ar_ssm_max_rank,
                      "gradient_checkpointing": config.use_gradient_checkpointing})
         print(f"{name:15s} peak reserved {report['peak_reserved_gib']} GiB of {report['budget_gib']} "
-              f"-> fits {report['fits']} ({report['seconds']:.2f} s)", flush=True)
-    config = {"note": "peak_*_gib: the CUDA allocator's peaks during one measured step above what was allocated "
-                      "before the model was built; fits: reserved peak + 0.5 GiB CUDA context <= budget"}
-    return config, rows
+              f"-> fits {report['fits']} ({report['seconds']:.2f} s; build {report['build_seconds']:.1f} s, "
+              f"warm-up {report['warmup_seconds']:.1f} s)", flush=True)

@@ -311,7 +311,8 @@ def measure_preset_memory(config: Phase1Config | str, device: str | torch.device
     ``peak_reserved_gib`` (CUDA: the allocator's peaks during the measured step, above what was
     allocated before the model was built; ``None`` on CPU), ``budget_gib``, ``fits`` (the
     reserved peak plus ``context_gib`` for the CUDA context, which the allocator does not see,
-    is within the budget; ``None`` on CPU) and ``seconds`` (the measured step's wall time).
+    is within the budget; ``None`` on CPU) ``seconds`` (the measured step's wall time), ``build_seconds`` and ``warmup_seconds``
+    (building the model and the first step, autotuning included).
     On CPU it runs the same code at whatever size ``config`` says: use a reduced config.
     """
     if isinstance(config, str):
@@ -324,6 +325,7 @@ def measure_preset_memory(config: Phase1Config | str, device: str | torch.device
         base_allocated = torch.cuda.memory_allocated(device)
         base_reserved = torch.cuda.memory_reserved(device)
     gen = torch.Generator().manual_seed(seed)  # CPU generator: the same ids on every device
+    build_started = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if cuda else []):
         torch.manual_seed(seed)
         model = build_model(config, embedding_backend).to(device)
@@ -348,7 +350,8 @@ def measure_preset_memory(config: Phase1Config | str, device: str | torch.device
             loss.backward()
             optimizer.step()
 
-    run()
+    warmup_started = time.perf_counter()
+    run()  # warm-up: AdamW's state, and the Triton kernels' autotuning for these shapes
     peak_allocated = peak_reserved = None
     if cuda:
         torch.cuda.synchronize(device)
@@ -368,7 +371,8 @@ def measure_preset_memory(config: Phase1Config | str, device: str | torch.device
             "tokens": config.batch_size * config.seq_len, "peak_allocated_gib": peak_allocated,
             "peak_reserved_gib": peak_reserved, "budget_gib": config.target_vram_gb,
             "fits": None if peak_reserved is None else peak_reserved + context_gib <= config.target_vram_gb,
-            "seconds": seconds}
+            "seconds": seconds, "build_seconds": warmup_started - build_started,
+            "warmup_seconds": started - warmup_started}
 
 
 __all__ = ["ALIASES", "PRESETS", "Phase1Block", "Phase1Config", "Phase1LM", "build_model", "count_parameters",

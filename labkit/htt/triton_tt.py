@@ -48,7 +48,31 @@ def _forward_configs():
 def _backward_configs():
     if interpret_mode():
         return [triton.Config({"BLOCK_T": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK_T": t}, num_warps=w) for t, w in ((16, 4), (16, 8), (32, 8))]
+    return [triton.Config({"BLOCK_T": t}, num_warps=w) for t, w in BACKWARD_SHAPES]
+
+
+# (BLOCK_T, num_warps) of the backward's GPU configurations. BLOCK_T >= 16: tl.dot's smallest
+# tile (the kernel multiplies (T, T) by (T, X*Y)).
+BACKWARD_SHAPES = ((16, 4), (16, 8), (16, 16), (32, 8))
+
+
+# Per token the backward holds the tiles G (d_1 x d_2), B^T (d_2 x r) and A^T (r x d_1) and the
+# two products of their sizes, so its register demand grows with BLOCK_T (d_1 d_2 + d_2 r + r d_1)
+# values per 32 num_warps threads. Above about 256 of them per thread, ptxas spends long on it
+# (compiled for sm_90 with Triton 3.6 at d_model 1,024: rank 16 took 1-4 s per configuration;
+# rank 32 with 4 warps 12 s; rank 64 with 16 tokens and 4 warps 42 s, with 32 tokens and 8 warps
+# 96 s and more shared memory than an H100 has, with 16 tokens and 16 warps 3.7 s), so a
+# notebook that builds a few ranks would spend minutes compiling configurations that lose anyway.
+_MAX_VALUES_PER_THREAD = 256
+
+
+def _prune_backward(configs, named_args, **kwargs):
+    """Keep the backward configurations within ``_MAX_VALUES_PER_THREAD`` (the least loaded if none)."""
+    d1, d2, r = kwargs["BLOCK_D1"], kwargs["BLOCK_D2"], kwargs["BLOCK_R"]
+    per_token = d1 * d2 + d2 * r + r * d1
+    per_thread = lambda c: c.kwargs["BLOCK_T"] * per_token / (32 * c.num_warps)  # noqa: E731
+    kept = [c for c in configs if per_thread(c) <= _MAX_VALUES_PER_THREAD]
+    return kept or [min(configs, key=per_thread)]
 
 
 @triton.jit
@@ -110,7 +134,7 @@ def _merged_atomic_add(grad_ptr, digit, valid, contrib, X: tl.constexpr, Y: tl.c
 
 
 @triton.autotune(configs=_backward_configs(), key=["D1", "D2", "R", "D", "V2"],
-                 reset_to_zero=["grad_a_ptr", "grad_b_ptr"])
+                 reset_to_zero=["grad_a_ptr", "grad_b_ptr"], prune_configs_by={"early_config_prune": _prune_backward})
 @triton.jit(do_not_specialize=["N"])
 def _tt2_backward_kernel(
     ids_ptr, dout_ptr, a_ptr, b_ptr, grad_a_ptr, grad_b_ptr, N,
