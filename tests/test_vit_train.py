@@ -119,3 +119,19 @@ def test_data_parallel_two_processes(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
     assert a["history"][0]["test_acc"] >= 0  # evaluated over both processes' shares
+
+
+def test_config_from_profile_matches_parameter_counts_and_keeps_the_recipe():
+    from labkit.profile import profile
+    from labkit.vit.accounting import count_parameters
+    from labkit.vit.train import build_model, config_from_profile
+
+    sizes = profile("quick").vit
+    counts = {}
+    for kind in ("mlp", "chebykan", "kan"):
+        config = config_from_profile(sizes, ffn=kind, seed=3, match_params=True, epochs=2)
+        assert (config.ffn, config.seed, config.epochs, config.augment) == (kind, 3, 2, sizes.augment)
+        counts[kind] = count_parameters(build_model(config, 10))["total"]
+    assert max(counts.values()) / min(counts.values()) < 1.01, counts
+    plain = config_from_profile(sizes, ffn="chebykan")  # without matching: the MLP's hidden width
+    assert count_parameters(build_model(plain, 10))["total"] > 1.5 * counts["mlp"]

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from labkit.bench.harness import time_fn
 
 __all__ = ["count_parameters", "seed_parameter_count", "count_flops", "torch_backend",
-           "peak_memory_and_throughput"]
+           "peak_memory_and_throughput", "matched_mlp_ratio"]
 
 
 def count_parameters(model: nn.Module) -> dict:
@@ -48,6 +48,28 @@ def count_parameters(model: nn.Module) -> dict:
             total += n
             trainable += n if param.requires_grad else 0
     return dict(total=total, trainable=trainable, frozen=total - trainable, by_module_type=dict(by_type))
+
+
+def matched_mlp_ratio(kind: str, dim: int, mlp_ratio: float = 4.0, ffn_kwargs: dict | None = None) -> float:
+    """The ``mlp_ratio`` that gives an ``ffn=kind`` block as many feed-forward parameters as the MLP's.
+
+    A KAN edge carries several parameters (ChebyKAN: ``degree + 1`` coefficients; B-spline KAN:
+    ``grid_size + spline_order`` coefficients, a base weight and a scaler), so at the MLP's hidden
+    width ``dim * mlp_ratio`` it is several times larger. Every kind's count is linear in the hidden
+    width ``h``, so two small builds (``h = 1, 2``) give it, and we solve for the
+    ``h`` nearest the MLP's count. The returned ratio gives exactly that ``h`` in
+    ``Block``'s ``int(dim * mlp_ratio)``.
+    """
+    from labkit.vit.model import make_ffn
+
+    def count(k: str, hidden: int, kwargs: dict) -> int:
+        return count_parameters(make_ffn(k, dim, hidden, **kwargs))["total"]
+
+    target = count("mlp", int(dim * mlp_ratio), {})
+    kwargs = dict(ffn_kwargs or {})
+    one, two = count(kind, 1, kwargs), count(kind, 2, kwargs)
+    hidden = max(1, round((target - (2 * one - two)) / (two - one)))
+    return (hidden + 0.5) / dim
 
 
 def seed_parameter_count(model: nn.Module) -> dict:

