@@ -24,7 +24,9 @@ for step in "$@"; do
         notebooks) python3 -m labkit.book execute --profile full 2>&1 | tee "$OUT/notebooks.log" | tail -20
                    cp notebooks/*.ipynb "$OUT/" ;;
         nb:*) name=${step#nb:}   # one notebook, e.g. nb:03_csos
-              python3 -m labkit.book execute --profile full --timeout "${CELL_TIMEOUT:-600}" "notebooks/$name.py" 2>&1 | tee -a "$OUT/notebooks.log" | tail -8
+              # NB_LIMIT (s): stop it in time to keep the cells that ran (NAME.failed.ipynb comes back)
+              timeout "${NB_LIMIT:-3600}" python3 -m labkit.book execute --profile full --timeout "${CELL_TIMEOUT:-600}" \
+                  "notebooks/$name.py" 2>&1 | tee -a "$OUT/notebooks.log" | tail -8
               cp "notebooks/$name.ipynb" "$(dirname "notebooks/$name")"/*.failed.ipynb "$OUT/" 2>/dev/null ;;
         bench:*) suite=${step#bench:}   # one suite, e.g. bench:flow
                  python3 -m labkit.bench "$suite" 2>&1 | tee -a "$OUT/bench_$suite.log" | tail -30

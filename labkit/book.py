@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,10 @@ def read_notebook(text: str):
 # ----------------------------------------------------------------------------- execution
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "python3") -> Path:
     """Execute one ``.py`` notebook in ``profile`` and write its paired ``.ipynb`` with the outputs."""
     import jupytext
@@ -188,14 +193,20 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
         nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(py_path.parent)}},
         on_cell_start=progress,
     )
+    # A run stopped from outside (Ctrl-C, or `timeout` sending SIGTERM) also keeps what it ran.
+    on_term = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         client.execute()
-    except Exception:
+    except (Exception, KeyboardInterrupt):
         # Keep what ran (outputs up to the failing cell) for diagnosis; the pair stays untouched.
         failed = py_path.with_suffix(".failed.ipynb")
         nbformat.write(nb, failed)
-        print(f"{py_path.name}: failed; the partial run is in {failed.name}", flush=True)
+        print(f"{py_path.name}: failed or stopped after {time.perf_counter() - start:.0f} s; the partial run is "
+              f"in {failed.name}", flush=True)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
     seconds = time.perf_counter() - start
     nb.metadata["labkit"] = {"profile": profile, "version": labkit.__version__, "seconds": round(seconds, 1),
                              "device": _device_name()}

@@ -65,3 +65,25 @@ def test_build_and_nbval_catch_a_broken_cell(tmp_path, notebook, should_pass):
     else:
         assert "deliberately broken cell" in build.stdout + build.stderr
         assert "deliberately broken cell" in tests.stdout
+
+
+def test_execute_keeps_the_cells_that_ran_when_stopped(tmp_path):
+    """`timeout` (SIGTERM) stops `python -m labkit.book execute`: the finished cells' outputs stay in
+    NAME.failed.ipynb, and the paired .ipynb is not written."""
+    import json
+    import signal
+
+    page = tmp_path / "slow.py"
+    page.write_text("# %%\nprint('first cell ran')\n\n# %%\nimport time\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "labkit.book", "execute", "--profile", "quick", str(page)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    for line in proc.stdout:  # wait until the sleeping cell has started
+        if "cell 1:" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, out
+    failed = json.loads((tmp_path / "slow.failed.ipynb").read_text())
+    texts = ["".join(o.get("text", "")) for c in failed["cells"] for o in c.get("outputs", [])]
+    assert "first cell ran\n" in texts
+    assert not (tmp_path / "slow.ipynb").exists()

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 import torch
 
 from labkit.bench import SUITES
 from labkit.bench.harness import environment, format_table, write_results
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but CUDA is not available; use --device cpu")
+    # `timeout` sends SIGTERM: treat it as Ctrl-C, so suites that catch KeyboardInterrupt keep the
+    # rows measured so far (and say "interrupted") instead of dying without writing anything.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     module, func = SUITES[args.suite].split(":")
     config, rows = getattr(importlib.import_module(module), func)(device, args.quick)
     path = write_results(args.suite, rows, environment(device), {**config, "quick": args.quick}, args.out)
