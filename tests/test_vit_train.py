@@ -52,9 +52,10 @@ def test_loss_decreases_and_outputs(tmp_path):
     assert config.amp == "none" and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("ffn", ["mlp", "chebykan"])
-def test_resume_is_bitwise_identical(tmp_path, ffn):
-    config = TrainConfig(epochs=3, ffn=ffn, drop_path=0.1, **{**TINY, "limit": 256})
+@pytest.mark.parametrize("ffn, augment", [("mlp", "none"), ("chebykan", "none"), ("mlp", "affine")])
+def test_resume_is_bitwise_identical(tmp_path, ffn, augment):
+    # the augmentation draws from the global RNG, which the checkpoint restores
+    config = TrainConfig(epochs=3, ffn=ffn, drop_path=0.1, augment=augment, **{**TINY, "limit": 256})
     whole = train(config, tmp_path / "whole", device="cpu", progress=False)
     assert len(train(config, tmp_path / "split", device="cpu", progress=False, stop_after=1)) == 1
     resumed = train(config, tmp_path / "split", device="cpu", progress=False)
@@ -64,7 +65,7 @@ def test_resume_is_bitwise_identical(tmp_path, ffn):
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert strip(whole) == strip(resumed)
     with pytest.raises(ValueError, match="another config: lr"):
-        train(TrainConfig(epochs=3, ffn=ffn, drop_path=0.1, **{**TINY, "limit": 256, "lr": 2e-3}),
+        train(TrainConfig(epochs=3, ffn=ffn, drop_path=0.1, augment=augment, **{**TINY, "limit": 256, "lr": 2e-3}),
               tmp_path / "split", device="cpu", progress=False)
 
 
@@ -135,3 +136,22 @@ def test_config_from_profile_matches_parameter_counts_and_keeps_the_recipe():
     assert max(counts.values()) / min(counts.values()) < 1.01, counts
     plain = config_from_profile(sizes, ffn="chebykan")  # without matching: the MLP's hidden width
     assert count_parameters(build_model(plain, 10))["total"] > 1.5 * counts["mlp"]
+
+
+@pytest.mark.parametrize("kind", ["shift", "affine"])
+def test_augment_moves_digits_and_keeps_the_background(kind):
+    from labkit.vit.train import _augment
+
+    x = torch.full((64, 1, 28, 28), -0.42)  # MNIST's normalised background
+    x[:, :, 10:18, 12:16] = 2.8             # a bright bar in the middle
+    torch.manual_seed(0)
+    y = _augment(x, kind)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert torch.allclose(y[:, :, :2], torch.tensor(-0.42), atol=1e-5)  # the border stays background
+    moved = (y - x).abs().flatten(1).amax(1) > 1e-3
+    assert moved.float().mean() > 0.5                                   # most images did move
+    bright = (y > 1.0).flatten(1).sum(1).float()
+    assert bright.min() > 0.5 * 32 and bright.max() < 2.0 * 32          # the bar is moved, not lost or smeared out
+    torch.manual_seed(0)
+    assert torch.equal(_augment(x, kind), y)                            # the global RNG decides
+    assert _augment(x, "none") is x
