@@ -20,10 +20,7 @@ import torch
 
 from labkit.vit.accounting import count_flops, count_parameters, peak_memory_and_throughput, seed_parameter_count
 from labkit.vit.model import create_model
-
-TABLE_MODELS = {"B/16": "vit_base_patch16_224", "B/32": "vit_base_patch32_224",
-                "L/16": "vit_large_patch16_224", "L/32": "vit_large_patch32_224_in21k",
-                "H/14": "vit_huge_patch14_224_in21k"}
+from labkit.vit.seed_report import SEED_MODELS
 
 
 def _timed_variants(quick: bool) -> dict:
@@ -83,7 +80,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
             row["x_labkit_mlp"] = row["median_ms"] / mlp["median_ms"]
 
     # The seed's table, counted on the meta device (no memory, no compute).
-    for label, factory in TABLE_MODELS.items():
+    for label, factory in SEED_MODELS.items():
         for ffn in ("mlp", "chebykan"):
             kwargs = dict(num_classes=5)  # the seed trained on tf_flowers' 5 classes
             if quick and label != "B/16":
