@@ -13,8 +13,9 @@ of these models (:func:`comparison_rows`) and explains each difference:
   are those of a linear probe on random features, for both feed-forwards.
 * The seed's GFLOPs count multiply-adds (its counting tool's convention); ``FlopCounterMode``
   counts 2 FLOPs per multiply-add. For the MLP models the two agree (B/16: 17.57 against our
-  17.56 G multiply-adds). For the KAN models the seed's tool saw only ``nn.Linear`` and
-  ``nn.Conv2d`` modules, so the KAN layers' work is missing altogether (B/16: 6.45 against 51.0).
+  17.56 G multiply-adds). For the KAN models the KAN layers' work is missing altogether (B/16:
+  6.45 against 51.0), close to the MLP model without its feed-forward layers (6.41): the seed's
+  tool counted ``nn.Linear`` and ``nn.Conv2d`` modules only.
   The L/16 row says 64.58 where the run's own summary printed 61.58.
 """
 from __future__ import annotations

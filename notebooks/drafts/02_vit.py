@@ -121,9 +121,10 @@ print(format_table(rows, ["model", "ffn", "seed_params_m", "seed_rule_m", "param
 #
 # **The KAN models' FLOPs are missing the KAN layers.** For the MLP models the seed's figure
 # matches our multiply-add count (17.57 G against 17.56 G for B/16; its L/16 row says 64.58 where
-# the run's own summary printed 61.58). For the KAN models the seed's tool saw only `nn.Linear`
-# and `nn.Conv2d` modules, so what it reports is the attention and patch embedding alone: 6.45 G
-# against 51.0 G multiply-adds for B/16.
+# the run's own summary printed 61.58). For the KAN models it reports 6.45 G against our 51.0 G
+# for B/16. The seed's figure is close to what is left of the MLP model once its feed-forward
+# layers are taken out (6.41 G, the cell below): its tool counted `nn.Linear` and `nn.Conv2d`
+# modules and never saw the KAN layers' contractions.
 #
 # **Only the head was trained.** The seed's "trainable params" equal our `head_params` in every row
 # (3,845 = 768 x 5 + 5 for B/16): the backbone was frozen, and since no pretrained weights were
@@ -137,6 +138,14 @@ print(f"ViT-B/16: ChebyKAN / MLP parameters {kan_b16['params_m'] / mlp_b16['para
       f"(seed's table: {kan_b16['seed_params_m'] / mlp_b16['seed_params_m']:.2f}x), "
       f"multiply-adds {kan_b16['gmacs'] / mlp_b16['gmacs']:.2f}x "
       f"(seed's table: {kan_b16['seed_gflops'] / mlp_b16['seed_gflops']:.2f}x)")
+
+with torch.device("meta"):
+    b16 = create_model("vit_base_patch16_224", num_classes=5)
+tokens = b16.patch_embed.num_patches + 1
+mlp_ffn_gmacs = len(b16.blocks) * tokens * 2 * b16.embed_dim * int(b16.embed_dim * b16.mlp_ratio) / 1e9
+print(f"ViT-B/16 MLP model without its feed-forward layers: {mlp_b16['gmacs']:.2f} - {mlp_ffn_gmacs:.2f} = "
+      f"{mlp_b16['gmacs'] - mlp_ffn_gmacs:.2f} G multiply-adds; the seed's figure for the KAN model: "
+      f"{kan_b16['seed_gflops']:.2f}")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 labels = [r["model"].removeprefix("ViT-") for r in rows if r["ffn"] == "mlp"]
