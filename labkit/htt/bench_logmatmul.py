@@ -174,29 +174,26 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     impls = variants(device)
     rows = []
 
-    # Headline: 1024^3 fp32, inputs uniform in [-80, 80]; and the adversarial case. Ctrl-C (or
-    # SIGINT from `timeout -s INT`) stops the suite and keeps the rows measured so far.
+    # Three stages: the headline at 1024^3 fp32 (inputs uniform in [-80, 80], then adversarial), a
+    # sweep over sizes, and torch.compile of the reference. Ctrl-C (or SIGTERM from `timeout`, which
+    # `python -m labkit.bench` turns into it) stops the suite and keeps the rows measured so far.
+    sweep = (32, 64) if quick else (256, 512, 1024, 2048, 4096)
+    sweep_names = [n for n in impls if n.startswith(("labkit", "reference: chunked", "fp32"))]
     interrupted = False
     try:
         for inputs, make in (("uniform +-80", uniform_inputs), ("adversarial", adversarial_inputs)):
             a, b, grad = make(size, size, size, device)
             oracle = exact_float64(a, b, grad)
-            names = [n for n in impls if n != _COMPILED] if inputs.startswith("uniform") else \
-                [n for n in impls if n.startswith(("labkit", "reference: chunked", "fp32"))]
+            names = [n for n in impls if n != _COMPILED] if inputs.startswith("uniform") else sweep_names
             for backward in (False, True):
                 for name in names:
                     rows.append({"inputs": inputs, **_measure(name, impls[name], a, b, grad, device, repeats,
                                                               oracle, backward)})
-            del oracle
-    except KeyboardInterrupt:
-        interrupted = True
+            if inputs.startswith("uniform"):
+                uniform_case = (a, b, grad, oracle)  # the compiled reference's rows reuse it
 
-    # Size sweep (forward, and fwd+bwd where the reference's saved intermediates fit). Ctrl-C (or
-    # SIGINT from `timeout -s INT`) ends the sweep early and keeps what was measured.
-    sweep = (32, 64) if quick else (256, 512, 1024, 2048, 4096)
-    sweep_names = [n for n in impls if n.startswith(("labkit", "reference: chunked", "fp32"))]
-    try:
-        for n in sweep if not interrupted else ():
+        # Size sweep (forward, and fwd+bwd where the reference's saved intermediates fit).
+        for n in sweep:
             a, b, grad = uniform_inputs(n, n, n, device, seed=1)
             oracle = exact_float64(a, b, grad) if n <= 2048 else None
             reps = max(3, min(repeats, int(repeats * (1024 / n) ** 2)))
@@ -208,20 +205,16 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
                     row = _measure(name, impls[name], a, b, grad, device,
                                    3 if reference and n > 2048 else reps, oracle, backward)
                     rows.append({"inputs": "uniform +-80", "sweep": True, **row})
-    except KeyboardInterrupt:
-        interrupted = True
 
-    # torch.compile of the reference last: compiling its chunk loop (forward, then backward) takes
-    # the longest of anything here, and compile workers may not stop on Ctrl-C.
-    if _COMPILED in impls and not interrupted:
-        try:
-            a, b, grad = uniform_inputs(size, size, size, device)
-            oracle = exact_float64(a, b, grad)
+        # torch.compile of the reference last: compiling its chunk loop (forward, then backward)
+        # takes the longest of anything here, and compile workers may not stop on Ctrl-C.
+        if _COMPILED in impls:
+            a, b, grad, oracle = uniform_case
             for backward in (False, True):
                 rows.append({"inputs": "uniform +-80", **_measure(_COMPILED, impls[_COMPILED], a, b, grad, device,
                                                                   repeats, oracle, backward)})
-        except KeyboardInterrupt:
-            interrupted = True
+    except KeyboardInterrupt:
+        interrupted = True
     if interrupted:
         print("[logmatmul] interrupted; writing the rows measured so far", file=sys.stderr, flush=True)
 
