@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -163,10 +162,6 @@ def read_notebook(text: str):
 # ----------------------------------------------------------------------------- execution
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "python3") -> Path:
     """Execute one ``.py`` notebook in ``profile`` and write its paired ``.ipynb`` with the outputs."""
     import jupytext
@@ -175,6 +170,7 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
 
     import labkit
     from labkit.data import atomic_write
+    from labkit.runs import sigterm_as_keyboard_interrupt
 
     py_path = Path(py_path).resolve()
     nb = jupytext.read(py_path, fmt=PY_FMT)
@@ -194,10 +190,9 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
         on_cell_start=progress,
     )
     # A run stopped from outside (Ctrl-C, or `timeout` sending SIGTERM) also keeps what it ran.
-    on_term = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        client.execute()
+        with sigterm_as_keyboard_interrupt():
+            client.execute()
     except (Exception, KeyboardInterrupt):
         # Keep what ran (outputs up to the failing cell) for diagnosis; the pair stays untouched.
         failed = py_path.with_suffix(".failed.ipynb")
@@ -205,8 +200,6 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
         print(f"{py_path.name}: failed or stopped after {time.perf_counter() - start:.0f} s; the partial run is "
               f"in {failed.name}", flush=True)
         raise
-    finally:
-        signal.signal(signal.SIGTERM, on_term)
     seconds = time.perf_counter() - start
     nb.metadata["labkit"] = {"profile": profile, "version": labkit.__version__, "seconds": round(seconds, 1),
                              "device": _device_name()}

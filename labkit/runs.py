@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -57,6 +58,20 @@ def closing_process_group():
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt():
+    """Inside the block, SIGTERM (what `timeout` and most job killers send) raises KeyboardInterrupt,
+    so the code that keeps partial results on Ctrl-C keeps them then too. The old handler comes back after."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stream_seed(seed: int, streams: tuple[str, ...], stream: str, rank: int = 0) -> int:

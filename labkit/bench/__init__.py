@@ -4,7 +4,7 @@ A suite is a function ``run(device, quick) -> (config, rows)``; each row is one 
 case (a dict with at least ``name``, ``median_ms`` and ``peak_mib``). Chapters register
 their suites in :data:`SUITES` by module path, imported only when asked for.
 """
-from labkit.bench.harness import environment, format_table, load_results, peak_memory_mib, time_fn, time_loop, write_results
+from labkit.bench.harness import describe_results, environment, format_table, load_results, peak_memory_mib, time_fn, time_loop, write_results
 
 # suite name -> "module:function"
 SUITES = {
@@ -21,4 +21,4 @@ SUITES = {
     "vit": "labkit.vit.bench:run",
 }
 
-__all__ = ["SUITES", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "time_loop", "write_results"]
+__all__ = ["SUITES", "describe_results", "environment", "format_table", "load_results", "peak_memory_mib", "time_fn", "time_loop", "write_results"]

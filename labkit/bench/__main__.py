@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 
 import torch
 
 from labkit.bench import SUITES
 from labkit.bench.harness import environment, format_table, write_results
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+from labkit.runs import sigterm_as_keyboard_interrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda, but CUDA is not available; use --device cpu")
     # `timeout` sends SIGTERM: treat it as Ctrl-C, so suites that catch KeyboardInterrupt keep the
     # rows measured so far (and say "interrupted") instead of dying without writing anything.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     module, func = SUITES[args.suite].split(":")
-    config, rows = getattr(importlib.import_module(module), func)(device, args.quick)
+    with sigterm_as_keyboard_interrupt():
+        config, rows = getattr(importlib.import_module(module), func)(device, args.quick)
     path = write_results(args.suite, rows, environment(device), {**config, "quick": args.quick}, args.out)
 
     print(format_table(rows, list(dict.fromkeys(k for row in rows for k in row))))

@@ -194,6 +194,16 @@ def load_results(suite: str, device: str | None = None, results_dir: Path | None
     return json.loads(path.read_text())
 
 
+def describe_results(document: dict) -> bool:
+    """Print where a result file was measured (device, torch, triton); True for a full-size GPU run.
+
+    Notebooks state a target as met or not only from such a run, never from a CPU ``--quick`` one.
+    """
+    env = document["environment"]
+    print(env["device"], "| torch", env["torch"], "| triton", env.get("triton"))
+    return env["device_type"] == "cuda" and not document["config"].get("quick")
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """Plain-text table of ``rows`` (dicts); floats get 3 significant decimals, missing cells stay empty."""
     def cell(value) -> str:

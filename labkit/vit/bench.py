@@ -20,7 +20,7 @@ import torch
 
 from labkit.vit.accounting import count_flops, count_parameters, peak_memory_and_throughput, seed_parameter_count
 from labkit.vit.model import create_model
-from labkit.vit.seed_report import SEED_MODELS
+from labkit.vit.seed_report import SEED_MODELS, recount
 
 
 def _timed_variants(quick: bool) -> dict:
@@ -80,18 +80,15 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
             row["x_labkit_mlp"] = row["median_ms"] / mlp["median_ms"]
 
     # The seed's table, counted on the meta device (no memory, no compute).
-    for label, factory in SEED_MODELS.items():
+    for label in SEED_MODELS:
         for ffn in ("mlp", "chebykan"):
-            kwargs = dict(num_classes=5)  # the seed trained on tf_flowers' 5 classes
             if quick and label != "B/16":
                 continue
-            with torch.device("meta"):
-                model = create_model(factory, ffn=ffn, **kwargs)
-            true, seed = count_parameters(model), seed_parameter_count(model)
-            flops = count_flops(model, (1, 3, 224, 224))
-            rows.append({"name": f"ViT-{label} {ffn}", "case": "seed table", "model": factory, "ffn": ffn,
-                         "num_classes": 5, "params": true["total"], "seed_rule_params": seed["total"],
-                         "seed_rule_missed": seed["missed"], "gflops_per_image": flops["per_image"] / 1e9})
+            ours = recount(label, ffn, num_classes=5)  # the seed trained on tf_flowers' 5 classes
+            rows.append({"name": f"ViT-{label} {ffn}", "case": "seed table", "model": ours["model"], "ffn": ffn,
+                         "num_classes": 5, "params": ours["params"], "seed_rule_params": ours["seed_rule_params"],
+                         "seed_rule_missed": ours["seed_rule_missed"],
+                         "gflops_per_image": ours["flops_per_image"] / 1e9})
     config = {"batch": batch, "img_size": 32 if quick else 224, "steps": steps, "warmup": warmup,
               "note": "train step = forward + cross-entropy + backward + AdamW (fused on CUDA), bf16 autocast on "
                       "CUDA; median_ms over steps after warm-up; peak_mib = CUDA allocator peak over the timed "

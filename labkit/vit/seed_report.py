@@ -40,32 +40,47 @@ SEED_TABLE = {
 }
 
 
-def comparison_rows(num_classes: int = 5, image: int = 224) -> list[dict]:
-    """One row per seed model: the seed's figures beside ours, every model built on the meta device.
+def recount(label: str, ffn: str, num_classes: int = 5, image: int = 224) -> dict:
+    """One of the seed's models (``label`` as in :data:`SEED_MODELS`) built on the meta device and counted.
 
-    Ours: ``params_m`` (every parameter), ``seed_rule_m`` (the seed's rule applied to our model: it
-    should reproduce the seed's column), ``head_params`` (what the seed trained), ``gflops`` (2 per
-    multiply-add) and ``gmacs`` (half of it: the seed's unit).
+    Returns ``model`` (the factory), ``params`` (every parameter), ``seed_rule_params`` and
+    ``seed_rule_missed`` (:func:`labkit.vit.accounting.seed_parameter_count`), ``head_params`` (the
+    head, plus the representation layer where there is one: what the seed trained) and
+    ``flops_per_image`` of the forward pass (2 per multiply-add).
     """
     import torch
 
     from labkit.vit.accounting import count_flops, count_parameters, seed_parameter_count
     from labkit.vit.model import create_model
 
+    factory = SEED_MODELS[label]
+    with torch.device("meta"):
+        model = create_model(factory, ffn=ffn, num_classes=num_classes)
+    seed_rule = seed_parameter_count(model)
+    head = sum(p.numel() for m in (model.head, getattr(model, "pre_logits", None)) if m is not None
+               for p in m.parameters())
+    return dict(model=factory, params=count_parameters(model)["total"], seed_rule_params=seed_rule["total"],
+                seed_rule_missed=seed_rule["missed"], head_params=head,
+                flops_per_image=count_flops(model, (1, 3, image, image))["per_image"])
+
+
+def comparison_rows(num_classes: int = 5, image: int = 224) -> list[dict]:
+    """One row per seed model: the seed's figures beside ours (:func:`recount`).
+
+    Ours: ``params_m`` (every parameter), ``seed_rule_m`` (the seed's rule applied to our model: it
+    should reproduce the seed's column), ``head_params`` (what the seed trained), ``gflops`` (2 per
+    multiply-add) and ``gmacs`` (half of it: the seed's unit).
+    """
     rows = []
     for (label, ffn), seed in SEED_TABLE.items():
-        with torch.device("meta"):
-            model = create_model(SEED_MODELS[label], ffn=ffn, num_classes=num_classes)
-        head = sum(p.numel() for m in (model.head, getattr(model, "pre_logits", None)) if m is not None
-                   for p in m.parameters())
-        flops = count_flops(model, (1, 3, image, image))["per_image"]
+        ours = recount(label, ffn, num_classes, image)
+        flops = ours["flops_per_image"]
         rows.append(dict(model=f"ViT-{label}", ffn=ffn, seed_params_m=seed["params_m"],
-                         params_m=count_parameters(model)["total"] / 1e6,
-                         seed_rule_m=seed_parameter_count(model)["total"] / 1e6,
-                         seed_trainable=seed["trainable"], head_params=head,
+                         params_m=ours["params"] / 1e6, seed_rule_m=ours["seed_rule_params"] / 1e6,
+                         seed_trainable=seed["trainable"], head_params=ours["head_params"],
                          seed_gflops=seed["gflops"], gmacs=flops / 2e9, gflops=flops / 1e9,
                          seed_valid_acc=seed["valid_acc"], seed_minutes=seed["minutes"]))
     return rows
 
 
-__all__ = ["SEED_MODELS", "SEED_TABLE", "comparison_rows"]
+__all__ = ["SEED_MODELS", "SEED_TABLE", "comparison_rows", "recount"]

@@ -51,7 +51,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from labkit.bench import format_table, load_results
+from labkit.bench import describe_results, format_table, load_results
 from labkit.data import default_root
 from labkit.vit import create_model, ffn_kinds
 from labkit.vit.accounting import count_flops, count_parameters, matched_mlp_ratio, seed_parameter_count
@@ -173,14 +173,13 @@ plt.show()
 
 # %%
 vit_bench = load_results("vit")
-env = vit_bench["environment"]
-print(env["device"], "| torch", env["torch"], "| triton", env.get("triton"))
+vit_gpu = describe_results(vit_bench)
 steps = [r for r in vit_bench["results"] if r["case"] == "train step"]
 print(format_table(steps, ["name", "median_ms", "images_per_s", "peak_gib", "params", "gflops_per_image",
                            "x_labkit_mlp", "skipped"]))
 
 # %%
-if env["device_type"] == "cuda":
+if vit_gpu:
     by_name = {r["name"]: r for r in steps}
     mlp, kan = by_name["labkit ViT (MLP, SDPA)"], by_name["labkit ViT (ChebyKAN degree 3)"]
     timm_row = by_name.get("timm vit_base_patch16_224", {})

@@ -55,7 +55,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from labkit.bench import format_table, load_results
+from labkit.bench import describe_results, format_table, load_results
 from labkit.htt import HolographicTTEmbedding, factorize, tt_shapes
 from labkit.htt import lm, plots
 from labkit.htt.memory import measure_embedding, memory_table
@@ -239,7 +239,7 @@ assert tt16["activations_mib"] <= dense["activations_mib"] + 1e-9
 
 # %%
 bench = load_results("htt")
-print(bench["environment"]["device"], "| torch", bench["environment"]["torch"], "| triton", bench["environment"]["triton"])
+bench_gpu = describe_results(bench)
 timed = [r for r in bench["results"] if r["case"] == "fwd+bwd"]
 print(format_table(timed, ["name", "ids", "median_ms", "forward_ms", "graph_ms", "peak_mib", "x_embedding",
                            "x_embedding_graph", "speedup_vs_reference"]))
@@ -247,7 +247,7 @@ plots.token_sweep([r for r in bench["results"] if r["case"] == "token sweep"])
 plt.show()
 
 # %%
-if bench["environment"]["device_type"] == "cuda":
+if bench_gpu:
     for dist in ("uniform", "zipf"):
         row = {r["name"]: r for r in timed if r["ids"] == dist}
         tt, emb = row["TT triton"], row["nn.Embedding (dense grad)"]

@@ -68,7 +68,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from labkit.bench import format_table, load_results
+from labkit.bench import describe_results, format_table, load_results
 from labkit.htt import (AdaptiveRankSemiseparableLayer, Phase1ErrorRecovery, build_model, demos, gate_samples,
                         get_preset, hmm_forward_log, hmm_forward_scaled, linear_scan, linear_scan_reference,
                         list_presets, log_matmul, log_matmul_reference, plots_toolkit, print_preset_comparison,
@@ -244,9 +244,7 @@ assert decoded > 2 / cfg.hmm_states
 
 # %%
 lm_bench = load_results("logmatmul")
-lm_gpu = lm_bench["environment"]["device_type"] == "cuda" and not lm_bench["config"].get("quick")
-print(lm_bench["environment"]["device"], "| torch", lm_bench["environment"]["torch"], "| triton",
-      lm_bench["environment"]["triton"])
+lm_gpu = describe_results(lm_bench)
 if not lm_gpu:
     print("CPU quick run: the numbers below are placeholders at toy sizes; the book shows the GPU run")
 head = [dict(r) for r in lm_bench["results"] if not r.get("sweep") and r["status"] == "ok"]
@@ -347,9 +345,7 @@ assert scan_err < 1e-4 and scan_grad_err < 1e-4
 
 # %%
 scan_bench = load_results("scan")
-scan_gpu = scan_bench["environment"]["device_type"] == "cuda" and not scan_bench["config"].get("quick")
-print(scan_bench["environment"]["device"], "| torch", scan_bench["environment"]["torch"], "| triton",
-      scan_bench["environment"]["triton"])
+scan_gpu = describe_results(scan_bench)
 if not scan_gpu:
     print("CPU quick run: the numbers below are placeholders at toy sizes; the book shows the GPU run")
 for name, why in scan_bench["config"].get("skipped", {}).items():
@@ -708,9 +704,7 @@ assert torch.equal(recovery.checkpoint["optimizer"]["state"][0]["exp_avg"], mome
 
 # %%
 presets_bench = load_results("presets")
-presets_gpu = (presets_bench["environment"]["device_type"] == "cuda"
-               and not presets_bench["config"].get("quick"))
-print(presets_bench["environment"]["device"])
+presets_gpu = describe_results(presets_bench)
 if presets_gpu:
     measured = {r["name"]: r["peak_reserved_gib"] for r in presets_bench["results"]}
     print_preset_comparison(measured)
