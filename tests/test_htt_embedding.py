@@ -236,3 +236,39 @@ def test_backward_configs_pruned_by_register_demand():
     assert kept(32) == [(16, 8), (16, 16)]
     assert kept(64) == [(16, 16)]             # the others took 9-96 s to compile, or did not fit
     assert kept(256) == [(16, 16)]            # nothing fits: the least loaded one, never an empty list
+
+
+def test_backward_shared_memory_estimate_and_pruning(monkeypatch):
+    """The H100 case that failed (d_model 1,280, rank 32): 262,144 bytes at 16 tokens, over 232,448;
+    configurations beyond the card's shared memory are dropped before Triton compiles them."""
+    import triton
+
+    from labkit.htt import triton_tt
+
+    assert triton_tt.backward_shared_bytes(16, 32, 64, 32) == 262_144
+    monkeypatch.setattr(triton_tt, "_shared_limit", lambda: 232_448)
+    assert not triton_tt.backward_fits(dict(BLOCK_D1=32, BLOCK_D2=64, BLOCK_R=32))
+    assert triton_tt.backward_fits(dict(BLOCK_D1=32, BLOCK_D2=32, BLOCK_R=16))
+    configs = [triton.Config({"BLOCK_T": t}, num_warps=w) for t, w in triton_tt.BACKWARD_SHAPES]
+    kept = triton_tt._prune_backward(configs, {}, BLOCK_D1=32, BLOCK_D2=32, BLOCK_R=64)  # 196,608 B at 16
+    assert [c.kwargs["BLOCK_T"] for c in kept] == [16]
+
+
+@needs_triton
+def test_backward_falls_back_to_pytorch_when_the_kernel_does_not_fit(monkeypatch):
+    from labkit.htt import ops, triton_tt
+
+    monkeypatch.setattr(triton_tt, "_shared_limit", lambda: 1024)  # nothing fits
+    monkeypatch.setattr(ops, "_WARNED", set())
+    torch.manual_seed(0)
+    emb = HolographicTTEmbedding(1000, 64, 8, backend="triton").to(DEVICE)
+    ref = HolographicTTEmbedding(1000, 64, 8, backend="reference").to(DEVICE)
+    ref.load_state_dict(emb.state_dict())
+    ids = torch.randint(0, 1000, (5, 9), device=DEVICE)
+    weight = torch.randn(5, 9, 64, device=DEVICE)
+    with pytest.warns(RuntimeWarning, match="shared memory"):
+        out, grads = _grads(emb, ids, weight)
+    out_ref, grads_ref = _grads(ref, ids, weight)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)

@@ -11,6 +11,8 @@ Three implementations, one contract (same values, same gradients into the cores)
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from labkit.backend import resolve_backend
@@ -30,11 +32,7 @@ class _RecomputeLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         ids, *cores = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [c.detach().requires_grad_(True) for c in cores]
-            out = tt_lookup_reference(leaves, ids, ctx.d_model)
-            grads = torch.autograd.grad(out, leaves, grad_out)
-        return (None, None, *grads)
+        return (None, None, *_recompute_grads(ids, ctx.d_model, cores, grad_out))
 
 
 class _TritonLookup(torch.autograd.Function):
@@ -51,11 +49,37 @@ class _TritonLookup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        from labkit.htt.triton_tt import tt2_backward
+        from labkit.htt.triton_tt import backward_modes_fit, tt2_backward
 
         flat, a, b = ctx.saved_tensors
-        grad_a, grad_b = tt2_backward(flat, a, b, grad_out.reshape(flat.numel(), -1).contiguous())
+        grad_out = grad_out.reshape(flat.numel(), -1).contiguous()
+        if not backward_modes_fit(a, b, grad_out.shape[1]):
+            # Large d_model and rank: the fused kernel's tiles exceed this GPU's shared memory.
+            _warn_backward_fallback(a, b)
+            grads = _recompute_grads(flat.long(), grad_out.shape[1], [a, b], grad_out)
+            return None, None, *grads
+        grad_a, grad_b = tt2_backward(flat, a, b, grad_out)
         return None, None, grad_a, grad_b
+
+
+def _recompute_grads(ids, d_model, cores, grad_out):
+    """The cores' gradients by autograd through the reference lookup (recomputed here)."""
+    with torch.enable_grad():
+        leaves = [c.detach().requires_grad_(True) for c in cores]
+        out = tt_lookup_reference(leaves, ids, d_model).reshape(grad_out.shape)
+        return torch.autograd.grad(out, leaves, grad_out)
+
+
+_WARNED: set = set()
+
+
+def _warn_backward_fallback(a, b):
+    key = (tuple(a.shape), tuple(b.shape))
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"TT cores {tuple(a.shape)} x {tuple(b.shape)}: the fused Triton backward needs more "
+                      "shared memory than this GPU has; using the PyTorch backward (same gradients, slower)",
+                      RuntimeWarning, stacklevel=3)
 
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton lookup accepts

@@ -66,9 +66,41 @@ BACKWARD_SHAPES = ((16, 4), (16, 8), (16, 16), (32, 8))
 _MAX_VALUES_PER_THREAD = 256
 
 
+def backward_shared_bytes(block_t: int, block_d1: int, block_d2: int, block_r: int) -> int:
+    """Shared memory the backward needs at ``BLOCK_T`` tokens: both operands of its larger ``tl.dot``.
+
+    The dots stage their fp32 operands in shared memory: ``G`` with ``B^T`` (T x d_1 x d_2 and
+    T x d_2 x r) for core 1 and ``A^T`` with ``G`` for core 2, one after the other. Checked on an
+    H100 at d_model 1,280 (d_1 = 32, d_2 = 40 -> tile 64), rank 32, 16 tokens: this gives 262,144
+    bytes and Triton asked for 263,168, over the card's 232,448.
+    """
+    per_token = max(block_d1 * block_d2 + block_d2 * block_r, block_r * block_d1 + block_d1 * block_d2)
+    return 4 * block_t * per_token
+
+
+def _shared_limit() -> int:
+    """Shared memory one program may use on the current GPU (no limit in the interpreter)."""
+    if interpret_mode() or not torch.cuda.is_available():
+        return 1 << 62
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
+
+
+def backward_fits(modes: dict) -> bool:
+    """Whether the fused backward fits the GPU at its smallest token block (else PyTorch does it)."""
+    smallest = min(t for t, _ in BACKWARD_SHAPES)
+    return backward_shared_bytes(smallest, modes["BLOCK_D1"], modes["BLOCK_D2"], modes["BLOCK_R"]) <= _shared_limit()
+
+
 def _prune_backward(configs, named_args, **kwargs):
-    """Keep the backward configurations within ``_MAX_VALUES_PER_THREAD`` (the least loaded if none)."""
+    """Keep the backward configurations that fit in shared memory and within ``_MAX_VALUES_PER_THREAD``.
+
+    If none is within the register budget, the least loaded one that fits.
+    (``tt2_backward`` checks :func:`backward_fits` first, so at least one fits.)
+    """
     d1, d2, r = kwargs["BLOCK_D1"], kwargs["BLOCK_D2"], kwargs["BLOCK_R"]
+    limit = _shared_limit()
+    configs = [c for c in configs if backward_shared_bytes(c.kwargs["BLOCK_T"], d1, d2, r) <= limit] or configs
     per_token = d1 * d2 + d2 * r + r * d1
     per_thread = lambda c: c.kwargs["BLOCK_T"] * per_token / (32 * c.num_warps)  # noqa: E731
     kept = [c for c in configs if per_thread(c) <= _MAX_VALUES_PER_THREAD]
@@ -226,6 +258,11 @@ def tt2_forward(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, d_model: in
         _launch(_tt2_forward_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_T"]),),
                 ("fwd", a.dtype, a.shape, b.shape, d_model), ids, a, b, out, n, **modes)
     return out
+
+
+def backward_modes_fit(a: torch.Tensor, b: torch.Tensor, d_model: int) -> bool:
+    """:func:`backward_fits` for these cores."""
+    return backward_fits(_modes(a.shape, b.shape, d_model, True))
 
 
 def tt2_backward(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dout: torch.Tensor

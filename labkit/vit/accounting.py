@@ -152,7 +152,8 @@ def peak_memory_and_throughput(model: nn.Module, batch: int, device, steps: int 
     amp = cuda if amp is None else amp
     embed = model.patch_embed
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, embed.in_c, *embed.img_size, generator=g).to(device)
+    # proj.in_channels: labkit's PatchEmbed and timm's both have it (timm's has no in_c)
+    x = torch.randn(batch, embed.proj.in_channels, *embed.img_size, generator=g).to(device)
     y = torch.randint(0, max(model.num_classes, 1), (batch,), generator=g).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True if cuda else None)
     model.train()
