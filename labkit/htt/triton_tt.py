@@ -82,7 +82,14 @@ def _shared_limit() -> int:
     """Shared memory one program may use on the current GPU (no limit in the interpreter)."""
     if interpret_mode() or not torch.cuda.is_available():
         return 1 << 62
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return _device_shared_limit(torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _device_shared_limit(index: int) -> int:
+    # Cached: the backward asks on every call, and the property query is host time in a loop
+    # whose GPU work is tens of microseconds.
+    props = torch.cuda.get_device_properties(index)
     return getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
 
 
@@ -262,7 +269,12 @@ def tt2_forward(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, d_model: in
 
 def backward_modes_fit(a: torch.Tensor, b: torch.Tensor, d_model: int) -> bool:
     """:func:`backward_fits` for these cores."""
-    return backward_fits(_modes(a.shape, b.shape, d_model, True))
+    return _fits_cached(a.shape, b.shape, d_model, _shared_limit())
+
+
+@functools.lru_cache(maxsize=64)
+def _fits_cached(a_shape, b_shape, d_model, limit) -> bool:
+    return backward_fits(_modes(a_shape, b_shape, d_model, True))
 
 
 def tt2_backward(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dout: torch.Tensor

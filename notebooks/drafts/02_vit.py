@@ -193,8 +193,18 @@ else:
     print("CPU quick run: no GPU timing to compare")
 
 # %% [markdown]
-# <!-- TODO(lead): prose after the GPU run: labkit vs timm, explicit vs SDPA attention, the
-# ChebyKAN step against its FLOPs ratio, and its peak memory. -->
+# What the committed run shows (an H200; batch 64 at 224 x 224, bf16 autocast, a full AdamW step):
+#
+# * labkit's MLP ViT-B/16 takes 29.1 ms a step against 32.5 ms for timm's `vit_base_patch16_224`
+#   with the same parameter count (86.6M) and FLOPs, and the same 5.6 GiB peak. Both attend through
+#   SDPA; the 12% is one run's difference between two implementations of the same arithmetic.
+# * The seed's explicit softmax attention (scores materialised, softmax, then the product) costs
+#   41% more time (41.0 ms) and 2 GiB more memory (7.6 GiB): that is what the fused kernel saves.
+# * The ChebyKAN ViT-B/16 (degree 3, the chapter-1 Triton kernels) takes 72.4 ms, 2.49x the MLP
+#   ViT, for 2.91x its FLOPs, and peaks at 7.8 GiB. The measurement of the seed's own
+#   ChebyKAN ViT-B/16 on an H100 was 196.7 ms and 31.9 GiB: the fused kernels never build the
+#   (tokens x features x degree) tensor of Chebyshev values that the seed's einsum formulation keeps
+#   for backward.
 #
 # ## Replacement training, from scratch
 #
