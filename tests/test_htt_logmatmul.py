@@ -323,3 +323,25 @@ def test_bad_options_and_hmm_shapes():
         hmm_forward_log(torch.zeros(3), torch.zeros(3, 3), torch.zeros(5, 4))
     with pytest.raises(ValueError, match="log_pi must be"):
         hmm_forward_log(torch.zeros(4), torch.zeros(3, 3), torch.zeros(5, 3))
+
+
+@needs_triton
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_large_problems_take_the_library_backward_unless_tiles_are_flagged(monkeypatch, adversarial):
+    """Above LIBRARY_BACKWARD_MIN_MACS the Triton forward pairs with the PyTorch backward, with the
+    same gradients; tiles flagged for the exact path keep the Triton backward."""
+    import labkit.htt.logmatmul as lm
+    import labkit.htt.triton_logmatmul as tlm
+
+    monkeypatch.setattr(lm, "LIBRARY_BACKWARD_MIN_MACS", 1)  # every problem counts as large
+    calls = []
+    original = tlm.log_matmul_bwd
+    monkeypatch.setattr(tlm, "log_matmul_bwd", lambda *args, **kw: calls.append(1) or original(*args, **kw))
+    if adversarial:
+        sign = torch.where(torch.arange(40) % 2 == 0, 1.0, -1.0)
+        A = 80 * sign[None, :] + normal(24, 40, scale=1.0)
+        B = -80 * sign[:, None] + normal(40, 20, scale=1.0, seed=1)
+    else:  # moderate values: nothing underflows (uniform +-80 at K = 40 would flag some tiles)
+        A, B = normal(24, 40), normal(40, 20, seed=1)
+    check(A, B, "triton")
+    assert calls == ([1] if adversarial else [])

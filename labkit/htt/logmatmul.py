@@ -86,6 +86,13 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels accept
 PRECISIONS = ("ieee", "tf32x3")
 _CHUNK_ELEMENTS = 2 ** 25  # the reference's chunk: rows * K * N at most this many elements
+# Above this many multiply-adds (batch * M * K * N) the Triton path's backward is done by the
+# PyTorch formulation (two exp passes and library matmuls) when no tile needs the exact slow
+# path. Measured on an H100 (fp32, ieee; bench/results/nvidia-h100-80gb-hbm3/logmatmul.json):
+# the Triton backward took 0.8 ms against 1.4 ms at 1024^3 (2^30) but 4.8 ms against 2.1 ms at
+# 2048^3 (2^33) and 33 ms against 7 ms at 4096^3: its kernels exponentiate every operand tile
+# again for each output tile, which at large sizes costs more than the fusion saves.
+LIBRARY_BACKWARD_MIN_MACS = 2 ** 31
 
 
 # --------------------------------------------------------------------------- validation
@@ -243,6 +250,17 @@ def _torch_backward(a, b, ra, rb, c, lse, g, need_a, need_b):
     return grad_a, grad_b
 
 
+def _library_backward_pays(a: torch.Tensor, b: torch.Tensor, flags: torch.Tensor) -> bool:
+    """Large problems without slow-path tiles: the PyTorch backward is faster (see the constant).
+
+    Tiles flagged for the exact path keep the Triton backward, whose tile-level fallback stays
+    fast where the PyTorch one goes entry by entry. ``flags.any()`` is one host sync, negligible
+    next to a backward of this size.
+    """
+    macs = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+    return macs >= LIBRARY_BACKWARD_MIN_MACS and not bool(flags.any())
+
+
 # --------------------------------------------------------------------------- autograd
 class _LogMatmul(torch.autograd.Function):
     """Batched ``a (Bt, M, K)``, ``b (Bt, K, N)``; saves the inputs, the maxima, ``L`` and the fp32 ``C``."""
@@ -268,7 +286,7 @@ class _LogMatmul(torch.autograd.Function):
     def backward(ctx, grad_c):
         a, b, ra, rb, c, lse = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if ctx.impl == "triton":
+        if ctx.impl == "triton" and not _library_backward_pays(a, b, ctx.flags):
             from labkit.htt.triton_logmatmul import log_matmul_bwd
 
             grad_a, grad_b = log_matmul_bwd(a, b, ra, rb, c, lse, ctx.flags, grad_c, need_a, need_b, ctx.precision)
