@@ -343,7 +343,8 @@ def _prune_dw(configs, named_args, **kwargs):
 def _autotune(configs, prune, interpreter_configs=_INTERPRETER_CONFIGS):
     if interpret_mode():
         return triton.autotune(configs=interpreter_configs, key=_TUNING_KEY)
-    return triton.autotune(configs=configs, key=_TUNING_KEY, prune_configs_by={"early_config_prune": prune})
+    return triton.autotune(configs=configs, key=_TUNING_KEY, prune_configs_by={"early_config_prune": prune},
+                           cache_results=True)  # timings kept on disk, as for the B-spline kernels
 
 
 # Tuned once per power-of-two bucket of the row count M, not per M: a training loop meets several
