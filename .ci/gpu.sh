@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (the project's `device` tool; not part of CI).
 # Usage: bash .ci/gpu.sh STEP...   with steps: env tests bench-kan notebooks nb:NAME bench:SUITE pytest:ARGS
 # (pytest:ARGS takes one word; use pytest:tests/test_x.py::name)
-# The machine has torch/triton but no Jupyter stack: wheels for it travel in .whl/.
+# The machine has torch/triton but no Jupyter stack: wheels for it travel in .whl/ (bash .ci/gpu-wheels).
 set -uo pipefail
 # No MPLBACKEND here: executed notebooks need the inline backend to store their figures.
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=5
