@@ -112,9 +112,9 @@ _SIZES: dict[str, dict[str, dict]] = {
         # kinds compared and the seeds of each. Every profile trains from scratch with Xavier-uniform
         # Linear weights (TrainConfig.weight_init; the seed's std-0.01 init leaves the MLP ViT near
         # 30% after 4 epochs). quick: a 2-block width-64 ViT on CPU, no augmentation (it slows the
-        # first epochs), 5 epochs of 63 steps: the MLP ViT reaches ~90% in ~10 s on 2 cores, the
+        # first epochs), 5 epochs of 62 steps: the MLP ViT reaches 87-90% in ~7 s on 2 cores, the
         # parameter-matched B-spline KAN (mlp_ratio 0.41) takes ~9 s per epoch; full: the 6-block
-        # width-192 tiny ViT on one GPU (3 kinds x 3 seeds): 25 epochs of 32 steps at lr 1e-3,
+        # width-192 tiny ViT on one GPU (3 kinds x 3 seeds): 25 epochs of 31 steps at lr 1e-3,
         # augmented (without it a width-96 proxy overfits at ~94%; on the CPU the MLP ViT reached
         # 94.4% after a 15-epoch schedule at lr 1e-3, 93.4% at 2e-3, and 95.8% after 25 epochs).
         # 50 epochs reached 96.5-97.4% (3 seeds, H200) but at 0.7 s (MLP) to 0.9 s (ChebyKAN) an

@@ -25,7 +25,8 @@ def _setup(monkeypatch):
 
 def test_config_validation_and_schedule():
     bad = [dict(epochs=0), dict(model="vit_nope"), dict(ffn="rbf"), dict(dataset="cifar"), dict(lr=0.0),
-           dict(amp="fp16"), dict(warmup_epochs=50.0), dict(grad_clip=0.0), dict(limit=0), dict(seed=-1)]
+           dict(amp="fp16"), dict(warmup_epochs=50.0), dict(grad_clip=0.0), dict(limit=0), dict(seed=-1),
+           dict(drop_last=1)]
     for kwargs in bad:
         with pytest.raises(ValueError, match=next(iter(kwargs)).split("_")[0]):
             TrainConfig(**kwargs)
@@ -155,3 +156,16 @@ def test_augment_moves_digits_and_keeps_the_background(kind):
     torch.manual_seed(0)
     assert torch.equal(_augment(x, kind), y)                            # the global RNG decides
     assert _augment(x, "none") is x
+
+
+@pytest.mark.parametrize("drop_last, steps", [(True, 3), (False, 4)])
+def test_drop_last_skips_the_smaller_batch(tmp_path, drop_last, steps):
+    """100 images in batches of 32: three full batches, and a fourth of 4 unless it is dropped."""
+    config = TrainConfig(epochs=1, drop_last=drop_last, **{**TINY, "limit": 100})
+    train(config, tmp_path, device="cpu", progress=False)
+    assert json.loads((tmp_path / "history.json").read_text())["steps_per_epoch"] == steps
+
+
+def test_drop_last_needs_one_full_batch(tmp_path):
+    with pytest.raises(ValueError, match="drop_last"):
+        train(TrainConfig(epochs=1, **{**TINY, "limit": 20}), tmp_path, device="cpu", progress=False)

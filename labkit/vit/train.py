@@ -63,7 +63,10 @@ class TrainConfig:
     feed-forward. ``limit`` keeps a fixed random subset of that many training images (tests). ``amp='auto'``: bf16
     on CUDA, none on the CPU (stored resolved). ``weight_init``: "xavier" (from scratch) or "seed" (the
     seed's std-0.01 Linear weights). ``augment`` (MNIST only): "none", "shift" (up to 2 pixels) or
-    "affine" (rotation up to 10 degrees, zoom up to 10%, shift up to 2 pixels); see :func:`_augment`."""
+    "affine" (rotation up to 10 degrees, zoom up to 10%, shift up to 2 pixels); see :func:`_augment`.
+    ``drop_last``: skip each epoch's last, smaller training batch (the sampler reshuffles every
+    epoch, so every image is still seen). Every training step then has the same shape, and the
+    KAN layers' Triton kernels tune for one row count instead of two."""
 
     model: str = "vit_tiny_patch4_28"
     model_kwargs: dict = field(default_factory=dict)
@@ -82,6 +85,7 @@ class TrainConfig:
     weight_init: str = "xavier"
     augment: str = "none"
     grad_clip: float | None = 1.0
+    drop_last: bool = True
     seed: int = 0
     amp: str = "auto"
     compile: bool = False
@@ -117,8 +121,9 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be None or a positive number, got {self.grad_clip!r}")
         if self.amp not in AMPS:
             raise ValueError(f"amp must be one of {AMPS}, got {self.amp!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        for name in ("compile", "drop_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"limit must be None or an integer >= 1, got {self.limit!r}")
         if self.weight_init not in WEIGHT_INITS:
@@ -201,8 +206,10 @@ def _load_data(config: TrainConfig, verbose: bool):
                                                                  "test": len(test_set)}
 
 
-def _batches(dataset, indices: list[int], batch: int, workers: int):
-    """(x, y) batches of ``dataset`` in the order of ``indices``."""
+def _batches(dataset, indices: list[int], batch: int, workers: int, drop_last: bool = False):
+    """(x, y) batches of ``dataset`` in the order of ``indices`` (without a last, smaller one if ``drop_last``)."""
+    if drop_last:
+        indices = indices[:len(indices) - len(indices) % batch]
     if isinstance(dataset, _Tensors):
         for start in range(0, len(indices), batch):
             idx = torch.tensor(indices[start:start + batch])
@@ -300,7 +307,10 @@ def _train(config, out, device, world, rank, progress, stop_after, resume) -> li
     sampler = torch.utils.data.DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank,
                                                   shuffle=True, seed=config.seed)
     local_batch = config.batch_size // world
-    steps_per_epoch = math.ceil(len(sampler) / local_batch)
+    if config.drop_last and len(sampler) < local_batch:
+        raise ValueError(f"drop_last: {len(sampler)} training images per process make no batch of {local_batch}; "
+                         "use a smaller batch_size or drop_last=False")
+    steps_per_epoch = len(sampler) // local_batch if config.drop_last else math.ceil(len(sampler) / local_batch)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     # no weight decay on biases, norms, tokens and the position embedding
@@ -317,6 +327,7 @@ def _train(config, out, device, world, rank, progress, stop_after, resume) -> li
     history = []
     if resume and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state["config"].setdefault("drop_last", False)  # checkpoints from before the option kept every batch
         check_resumable(state["config"], config, RUNTIME_FIELDS, state["world_size"], world, checkpoint)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -351,7 +362,7 @@ def _train(config, out, device, world, rank, progress, stop_after, resume) -> li
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         count = torch.zeros((), device=device)
-        for x, y in _batches(train_set, list(sampler), local_batch, config.workers):
+        for x, y in _batches(train_set, list(sampler), local_batch, config.workers, config.drop_last):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if augment:
                 x = _augment(x, config.augment)
@@ -466,6 +477,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amp", choices=AMPS, default="auto")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--keep-last-batch", action="store_true",
+                        help="train on each epoch's last, smaller batch too (default: skip it)")
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (tf_flowers)")
     parser.add_argument("--device", default=None)
@@ -487,7 +500,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                      "warmup_epochs", "augment") if getattr(args, name) is not None}
     config = config_from_profile(sizes, ffn=args.ffn, seed=args.seed, match_params=args.match_params,
                                  model_kwargs=model_kwargs, ffn_kwargs=ffn_kwargs, weight_init=args.weight_init,
-                                 amp=args.amp, compile=args.compile, limit=args.limit, workers=args.workers,
+                                 amp=args.amp, compile=args.compile, drop_last=not args.keep_last_batch,
+                                 limit=args.limit, workers=args.workers,
                                  **chosen)
     with closing_process_group():
         history = train(config, args.out, device=args.device, progress=not args.no_progress,
