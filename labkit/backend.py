@@ -25,6 +25,15 @@ def triton_available() -> bool:
     return True
 
 
+def tuning_bucket(n: int) -> int:
+    """The power of two at or above ``n`` (1 for ``n <= 1``): the autotuning key of a size that varies.
+
+    Kernels pass it as an extra argument that only keys the autotuner, so that a loop meeting
+    several sizes (batches, a last partial batch, evaluation) tunes once per bucket, not per size.
+    """
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
 def interpret_mode() -> bool:
     """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -278,8 +278,9 @@ def test_kernel_profile_script_runs(capsys):
 def test_kernels_tune_per_bucket_of_rows_not_per_row_count():
     """A training loop meets several row counts (last partial batch, evaluation): one tuning per
     power-of-two bucket, so the key holds M_BUCKET and not M."""
+    from labkit.backend import tuning_bucket
     from labkit.kan import triton_chebyshev as tc
 
     for kernel in (tc._chebykan_forward_kernel, tc._chebykan_dx_kernel, tc._chebykan_dcoeffs_kernel):
         assert kernel.keys == ["M_BUCKET", "N_IN", "N_OUT", "D"]
-    assert [tc._m_bucket(m) for m in (1, 1600, 5200, 6400, 8192)] == [1, 2048, 8192, 8192, 8192]
+    assert [tuning_bucket(m) for m in (1, 1600, 5200, 6400, 8192)] == [1, 2048, 8192, 8192, 8192]

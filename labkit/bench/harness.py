@@ -15,6 +15,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -192,6 +193,29 @@ def load_results(suite: str, device: str | None = None, results_dir: Path | None
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run: python -m labkit.bench {suite} on that device")
     return json.loads(path.read_text())
+
+
+class KeepRowsOnInterrupt:
+    """``with KeepRowsOnInterrupt(suite, rows) as stop:`` around a suite's measuring loops.
+
+    Ctrl-C, or SIGTERM from `timeout` (which ``python -m labkit.bench`` turns into a
+    KeyboardInterrupt), ends the block instead of the process: the rows measured so far are
+    kept, ``stop.interrupted`` says so, and the suite writes them with ``"interrupted": True``.
+    """
+
+    def __init__(self, suite: str, rows: list):
+        self.suite, self.rows, self.interrupted = suite, rows, False
+
+    def __enter__(self) -> "KeepRowsOnInterrupt":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if kind is None or not issubclass(kind, KeyboardInterrupt):
+            return False
+        self.interrupted = True
+        print(f"[{self.suite}] interrupted after {len(self.rows)} rows; writing the rows measured so far",
+              file=sys.stderr, flush=True)
+        return True
 
 
 def describe_results(document: dict) -> bool:

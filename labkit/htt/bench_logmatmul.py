@@ -28,7 +28,7 @@ import time
 import torch
 
 from labkit.backend import use_triton
-from labkit.bench.harness import peak_memory_mib, time_fn
+from labkit.bench.harness import KeepRowsOnInterrupt, peak_memory_mib, time_fn
 from labkit.htt.logmatmul import _fp32_matmul, log_matmul, log_matmul_maxonly, log_matmul_reference
 
 _CHUNK = 2 ** 24  # elements of the float64 oracle's intermediates
@@ -179,8 +179,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     # `python -m labkit.bench` turns into it) stops the suite and keeps the rows measured so far.
     sweep = (32, 64) if quick else (256, 512, 1024, 2048, 4096)
     sweep_names = [n for n in impls if n.startswith(("labkit", "reference: chunked", "fp32"))]
-    interrupted = False
-    try:
+    with KeepRowsOnInterrupt("logmatmul", rows) as stop:
         for inputs, make in (("uniform +-80", uniform_inputs), ("adversarial", adversarial_inputs)):
             a, b, grad = make(size, size, size, device)
             oracle = exact_float64(a, b, grad)
@@ -213,15 +212,11 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
             for backward in (False, True):
                 rows.append({"inputs": "uniform +-80", **_measure(_COMPILED, impls[_COMPILED], a, b, grad, device,
                                                                   repeats, oracle, backward)})
-    except KeyboardInterrupt:
-        interrupted = True
-    if interrupted:
-        print("[logmatmul] interrupted; writing the rows measured so far", file=sys.stderr, flush=True)
 
     _add_ratios(rows)
     config = {"size": size, "dtype": "float32", "inputs": "A, B uniform in [-80, 80]; G ~ N(0, 1)",
               "autotuned": autotuned_configs() if on_gpu else None,
-              "sweep": list(sweep), "interrupted": interrupted, "float64_oracle": "reference in float64 and explicit gradient sums",
+              "sweep": list(sweep), "interrupted": stop.interrupted, "float64_oracle": "reference in float64 and explicit gradient sums",
               "target": "forward >= 20x faster than the chunked broadcast-logsumexp reference at 1024^3 on an "
                         "H100, fp32 relative error <= 1e-5",
               "note": "x_reference = time / reference time of the same case and inputs; errors against float64 "

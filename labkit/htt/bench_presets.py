@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit.bench.harness import KeepRowsOnInterrupt
 from labkit.htt.presets import PRESETS, measure_preset_memory
 
 
@@ -17,11 +18,9 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     quick = quick or device.type != "cuda"
     rows = []
     names = list(PRESETS)
-    try:
+    with KeepRowsOnInterrupt("presets", rows) as stop:
         _measure_all(names, quick, device, rows)
-    except KeyboardInterrupt:  # SIGINT (Ctrl-C, `timeout -s INT`) keeps the presets measured so far
-        print(f"interrupted after {len(rows)} of {len(names)} presets", flush=True)
-    config = {"interrupted": len(rows) < len(names),
+    config = {"interrupted": stop.interrupted,
               "note": "peak_*_gib: the CUDA allocator's peaks during one measured step above what was allocated "
                       "before the model was built; fits: reserved peak + 0.5 GiB CUDA context <= budget"}
     return config, rows

@@ -64,7 +64,7 @@ import torch
 import triton
 import triton.language as tl
 
-from labkit.backend import interpret_mode, patch_triton_interpreter
+from labkit.backend import interpret_mode, patch_triton_interpreter, tuning_bucket
 
 if interpret_mode():
     patch_triton_interpreter()
@@ -208,10 +208,6 @@ _bwd_tuned = triton.autotune(configs=_configs(), key=["R_KEY", "L_KEY"], prune_c
                              )(_scan_bwd_kernel)
 
 
-def _bucket(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
-
-
 def _launch(tuned, raw, grid_rows: int, args: tuple, flags: dict, config: dict | None) -> None:
     """Launch the autotuned kernel, or ``raw`` with an explicit ``config`` (tests, sweeps).
 
@@ -251,7 +247,7 @@ def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = Non
         _check("h0", h0, 1)
     if b.numel() == 0:
         return h
-    args = (a, b, h0 if h0 is not None else b, h, rows, length, _bucket(rows), _bucket(length))
+    args = (a, b, h0 if h0 is not None else b, h, rows, length, tuning_bucket(rows), tuning_bucket(length))
     _launch(_fwd_tuned, _scan_fwd_kernel, rows, args, {"HAS_H0": h0 is not None}, config)
     return h
 
@@ -277,7 +273,7 @@ def scan_backward(a: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, h0: torch.
     if a.numel() == 0:
         return da, db, dh0
     args = (a, h, h0 if h0 is not None else a, dh, da if need_da else db, db, dh0 if need_dh0 else db,
-            rows, length, _bucket(rows), _bucket(length))
+            rows, length, tuning_bucket(rows), tuning_bucket(length))
     flags = {"HAS_H0": h0 is not None, "NEED_DA": need_da, "NEED_DH0": need_dh0}
     _launch(_bwd_tuned, _scan_bwd_kernel, rows, args, flags, config)
     return da, db, dh0

@@ -268,13 +268,8 @@ def tt2_forward(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, d_model: in
 
 
 def backward_modes_fit(a: torch.Tensor, b: torch.Tensor, d_model: int) -> bool:
-    """:func:`backward_fits` for these cores."""
-    return _fits_cached(a.shape, b.shape, d_model, _shared_limit())
-
-
-@functools.lru_cache(maxsize=64)
-def _fits_cached(a_shape, b_shape, d_model, limit) -> bool:
-    return backward_fits(_modes(a_shape, b_shape, d_model, True))
+    """:func:`backward_fits` for these cores (their modes are cached; so is the device's limit)."""
+    return backward_fits(_modes(a.shape, b.shape, d_model, True))
 
 
 def tt2_backward(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dout: torch.Tensor

@@ -16,14 +16,13 @@ Then sweeps of batch, width, grid size and degree for the Triton kernels against
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from labkit.bench.harness import peak_memory_mib, time_fn
+from labkit.bench.harness import KeepRowsOnInterrupt, peak_memory_mib, time_fn
 from labkit.kan import ops, reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -139,18 +138,14 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     impls = HEADLINE_IMPLS if device.type == "cuda" else ("linear_gelu", "bspline_seed", "cheby_seed", "cheby_recurrence")
     results = []
     jobs = [(impl, dt) for dt in DTYPES for impl in impls]
-    # Ctrl-C or SIGTERM (which `python -m labkit.bench` turns into KeyboardInterrupt) stops the
-    # suite and keeps the rows measured so far: the first B-spline rows autotune for minutes.
-    config["interrupted"] = False
-    try:
+    # An interrupt keeps the rows measured so far: the first B-spline rows autotune for minutes.
+    with KeepRowsOnInterrupt("kan", results) as stop:
         for impl, dt in tqdm(jobs, desc="kan headline"):
             shape = {"grid_size": 5, "spline_order": 3} if impl.startswith(("bspline", "pykan", "inkan")) else {}
             if impl.startswith("cheby"):
                 shape = {"degree": 3}
             results.append({"sweep": "headline", **measure(impl, dt, rows, d_in, d_out, device, repeats, **shape)})
-    except KeyboardInterrupt:
-        config["interrupted"] = True
-        print("[kan] interrupted; writing the rows measured so far", file=sys.stderr, flush=True)
+    config["interrupted"] = stop.interrupted
     return config, _with_ratios(results, _ratio_key)
 
 

@@ -74,7 +74,7 @@ import torch
 import triton
 import triton.language as tl
 
-from labkit.backend import interpret_mode, patch_triton_interpreter
+from labkit.backend import interpret_mode, patch_triton_interpreter, tuning_bucket
 
 #: Spline orders the kernels are built for; the unrolled Cox-de Boor grows as order**2.
 MAX_SPLINE_ORDER = 8
@@ -718,7 +718,7 @@ def _launch_forward(x, knots, w, precision):
         return y
     args = dict(
         x_ptr=x, table_ptr=knots.table, w_ptr=w, y_ptr=y, M=m, IN=n_in, OUT=n_out,
-        M_BUCKET=triton.next_power_of_2(m), stride_xm=x.stride(0), stride_wf=w.stride(0), stride_wi=w.stride(1),
+        M_BUCKET=tuning_bucket(m), stride_xm=x.stride(0), stride_wf=w.stride(0), stride_wi=w.stride(1),
         stride_ym=y.stride(0), **_common_args(knots, precision),
     )
     _launch("forward", _forward_tuned, args, m * n_in * n_out * w.shape[0],
@@ -735,7 +735,7 @@ def _launch_grad_input(dy, w, x, knots, precision):
         return dx
     args = dict(
         dy_ptr=dy, w_ptr=w, x_ptr=x, table_ptr=knots.table, dx_ptr=dx, M=m, IN=n_in, OUT=n_out,
-        M_BUCKET=triton.next_power_of_2(m), stride_dym=dy.stride(0), stride_wf=w.stride(0), stride_wi=w.stride(1),
+        M_BUCKET=tuning_bucket(m), stride_dym=dy.stride(0), stride_wf=w.stride(0), stride_wi=w.stride(1),
         stride_xm=x.stride(0), stride_dxm=dx.stride(0), **_common_args(knots, precision),
     )
     _launch("grad_input", _grad_input_tuned, args, m * n_in * n_out * w.shape[0],
@@ -791,7 +791,7 @@ def _launch_grad_weight(x, knots, dy, spline_weight, spline_scaler, precision):
     dw = torch.empty((splits, n_bases + 1, n_in, n_out), device=x.device, dtype=torch.float32)
     args = dict(
         x_ptr=x, table_ptr=knots.table, dy_ptr=dy, dw_ptr=dw,
-        M=m, IN=n_in, OUT=n_out, M_BUCKET=triton.next_power_of_2(max(m, 1)), ROWS_PER_SPLIT=rows_per_split,
+        M=m, IN=n_in, OUT=n_out, M_BUCKET=tuning_bucket(m), ROWS_PER_SPLIT=rows_per_split,
         stride_xm=x.stride(0), stride_dym=dy.stride(0), split_stride=split_stride, **_common_args(knots, precision),
     )
     if m == 0:

@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from labkit.backend import interpret_mode, patch_triton_interpreter
+from labkit.backend import interpret_mode, patch_triton_interpreter, tuning_bucket
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_DEGREE = 32  # the kernels unroll over degrees; beyond this, compile time and registers explode
@@ -666,19 +666,15 @@ def _launch_forward(x, w, y, precision):
     m, n_in = x.shape
     n_out = y.shape[1]
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
-    _chebykan_forward_kernel[grid](x, w, y, m, n_in, n_out, _m_bucket(m), D=w.shape[0] - 1,
+    _chebykan_forward_kernel[grid](x, w, y, m, n_in, n_out, tuning_bucket(m), D=w.shape[0] - 1,
                                    INPUT_PRECISION=precision)
-
-
-def _m_bucket(m: int) -> int:
-    return triton.next_power_of_2(max(m, 1))
 
 
 def _launch_dx(dy, w, x, dx, precision):
     m, n_in = x.shape
     n_out = dy.shape[1]
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_in, meta["BLOCK_K"]),)  # noqa: E731
-    _chebykan_dx_kernel[grid](dy, w, x, dx, m, n_in, n_out, _m_bucket(m), D=w.shape[0] - 1,
+    _chebykan_dx_kernel[grid](dy, w, x, dx, m, n_in, n_out, tuning_bucket(m), D=w.shape[0] - 1,
                               INPUT_PRECISION=precision)
 
 
@@ -698,7 +694,7 @@ def _launch_dcoeffs(t, dy, dcoeffs, precision):
         return (tiles if meta["ALL_DEGREES_AT_ONCE"] else tiles * degree,)
 
     _chebykan_dcoeffs_kernel[grid](
-        t, dy, dcoeffs, *dcoeffs.stride(), m, n_in, n_out, _m_bucket(m), D=degree, INPUT_PRECISION=precision
+        t, dy, dcoeffs, *dcoeffs.stride(), m, n_in, n_out, tuning_bucket(m), D=degree, INPUT_PRECISION=precision
     )
 
 
