@@ -137,15 +137,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], device=None) -> 
     return dict(total=total, per_image=total / input_shape[0], by_operator=by_op)
 
 
-def peak_memory_and_throughput(model: nn.Module, batch: int, device, steps: int = 10, warmup: int = 3,
-                               amp: bool | None = None, lr: float = 1e-4) -> dict:
-    """Time ``steps`` full training steps (forward, cross-entropy, backward, AdamW) at ``batch`` images.
+def make_train_step(model: nn.Module, batch: int, device, amp: bool | None = None, lr: float = 1e-4):
+    """A closure running one full training step (forward, cross-entropy, backward, AdamW) of ``model``.
 
-    Random images of the model's input size and random labels; bf16 autocast when ``amp`` (default:
-    on CUDA). The model is trained in place (its weights change) on its current device, which must be
-    ``device``. Returns ``dict(median_ms, p20_ms, p80_ms, images_per_s, peak_mib, peak_gib)``:
-    the peak is the CUDA allocator's peak over the timed steps (weights, gradients, optimizer state
-    and activations all included); None on the CPU.
+    Random images of the model's input size and random labels (fixed across calls); bf16 autocast
+    when ``amp`` (default: on CUDA). The model trains in place on ``device``, where it must already be.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -168,6 +164,20 @@ def peak_memory_and_throughput(model: nn.Module, batch: int, device, steps: int 
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def peak_memory_and_throughput(model: nn.Module, batch: int, device, steps: int = 10, warmup: int = 3,
+                               amp: bool | None = None, lr: float = 1e-4) -> dict:
+    """Time ``steps`` full training steps (:func:`make_train_step`) at ``batch`` images.
+
+    The model is trained in place (its weights change). Returns ``dict(median_ms, p20_ms, p80_ms,
+    images_per_s, peak_mib, peak_gib)``: the peak is the CUDA allocator's peak over the timed steps
+    (weights, gradients, optimizer state and activations all included); None on the CPU.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    step = make_train_step(model, batch, device, amp, lr)
     for _ in range(warmup):
         step()
     if cuda:

@@ -8,7 +8,9 @@ AdamW step (forward, cross-entropy, backward, optimizer):
 * labkit's ViT-B/16 with the ChebyKAN feed-forward (degree 3; Triton kernels on the GPU);
 * timm's ``vit_base_patch16_224`` when timm imports (else a row saying why it is skipped).
 
-Each timed row has the median step time, the peak memory of the step, the parameters and the
+Each timed row has the median step time (all models resident and timed in turns, round by round,
+so that clock and allocator drift falls on all of them alike), the step's time and peak memory
+with the model alone on the device, the parameters and the
 forward GFLOPs per image (``FlopCounterMode``, 2 FLOPs per multiply-add). Then the seed's table
 models (B/16, B/32, L/16, L/32, H/14, each with the MLP and the ChebyKAN ffn) are *counted*, not
 run: built on the meta device, true parameters against the seed's rule (:func:`seed_parameter_count`)
@@ -16,9 +18,13 @@ and forward FLOPs per image. ``quick`` (or no GPU) uses tiny models at 32 x 32 o
 """
 from __future__ import annotations
 
+import statistics
+
 import torch
 
-from labkit.vit.accounting import count_flops, count_parameters, peak_memory_and_throughput, seed_parameter_count
+from labkit.bench.harness import time_fn
+from labkit.vit.accounting import (count_flops, count_parameters, make_train_step, peak_memory_and_throughput,
+                                   seed_parameter_count)
 from labkit.vit.model import create_model
 from labkit.vit.seed_report import SEED_MODELS, recount
 
@@ -54,26 +60,51 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     quick = quick or not on_gpu
     batch = 8 if quick else 64
     steps, warmup = (3, 1) if quick else (20, 5)
-    rows = []
-    variants = {name: (build, ffn) for name, (build, ffn) in _timed_variants(quick).items()}
+    rounds, steps_per_round = (2, 2) if quick else (6, 8)
     timm_model, why = _timm_model(quick)
-    for name, (build, ffn) in list(variants.items()) + [("timm vit_base_patch16_224", (lambda: timm_model, "mlp"))]:
-        if name.startswith("timm") and timm_model is None:
-            rows.append({"name": name, "case": "train step", "skipped": why})
-            continue
+    builders = {name: (build, ffn) for name, (build, ffn) in _timed_variants(quick).items()}
+    if timm_model is not None:
+        builders["timm vit_base_patch16_224"] = (lambda: timm_model, "mlp")
+
+    # Pass 1, one model at a time: FLOPs, parameters, the step's peak memory and its time alone.
+    rows = []
+    for name, (build, ffn) in builders.items():
         torch.manual_seed(0)
         model = build().to(device)
         shape = (1, 3, *model.patch_embed.img_size)
         flops = count_flops(model, shape)["per_image"] if not name.startswith("timm") else \
             _timm_flops(model, shape)
         params = count_parameters(model)
-        timing = peak_memory_and_throughput(model, batch, device, steps=steps, warmup=warmup)
+        alone = peak_memory_and_throughput(model, batch, device, steps=steps, warmup=warmup)
         rows.append({"name": name, "case": "train step", "ffn": ffn, "batch": batch, "img_size": shape[-1],
-                     "amp": "bf16" if on_gpu else "none", **timing, "params": params["total"],
+                     "amp": "bf16" if on_gpu else "none", "alone_ms": alone["median_ms"],
+                     "peak_mib": alone["peak_mib"], "peak_gib": alone["peak_gib"], "params": params["total"],
                      "seed_rule_params": seed_parameter_count(model)["total"], "gflops_per_image": flops / 1e9})
         del model
         if on_gpu:
             torch.cuda.empty_cache()
+    if timm_model is None:
+        rows.append({"name": "timm vit_base_patch16_224", "case": "train step", "skipped": why})
+
+    # Pass 2, the times compared: all models resident, timed in turns. A 30 ms step drifts by 10-15%
+    # between passes a minute apart (clocks, allocator state), so models timed one after the other
+    # swapped places between two runs on one H100; in turns, each sees the same conditions.
+    steps_of = {}
+    for name, (build, _) in builders.items():
+        torch.manual_seed(0)
+        steps_of[name] = make_train_step(build().to(device), batch, device)
+        for _ in range(warmup):
+            steps_of[name]()
+    per_round = {name: [] for name in steps_of}
+    for _ in range(rounds):
+        for name, step in steps_of.items():
+            per_round[name].append(time_fn(step, device, warmup=1, repeats=steps_per_round)["median_ms"])
+    del steps_of
+    for row in rows:
+        if row["name"] in per_round:
+            times = sorted(per_round[row["name"]])
+            row.update(median_ms=statistics.median(times), min_round_ms=times[0], max_round_ms=times[-1],
+                       round_ms=per_round[row["name"]], images_per_s=batch / (statistics.median(times) / 1e3))
     mlp = next(r for r in rows if r["name"] == "labkit ViT (MLP, SDPA)")
     for row in rows:
         if "median_ms" in row:
@@ -90,8 +121,10 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
                          "seed_rule_missed": ours["seed_rule_missed"],
                          "gflops_per_image": ours["flops_per_image"] / 1e9})
     config = {"batch": batch, "img_size": 32 if quick else 224, "steps": steps, "warmup": warmup,
+              "rounds": rounds, "steps_per_round": steps_per_round,
               "note": "train step = forward + cross-entropy + backward + AdamW (fused on CUDA), bf16 autocast on "
-                      "CUDA; median_ms over steps after warm-up; peak_mib = CUDA allocator peak over the timed "
+                      "CUDA; median_ms = median over rounds of each round's median step, the models timed in "
+                      "turns (round_ms); alone_ms = median of steps timed with one model at a time; peak_mib = CUDA allocator peak over the timed "
                       "steps (weights, grads, AdamW state, activations); gflops_per_image = forward FLOPs from "
                       "FlopCounterMode (2 per multiply-add, KAN layers on their PyTorch path for the count); "
                       "seed_rule_params = sum of sub-modules' weight/bias (the seed's table's rule); "
