@@ -12,9 +12,10 @@ Each timed row has the median step time (all models resident and timed in turns,
 so that clock and allocator drift falls on all of them alike), the step's time and peak memory
 with the model alone on the device, the parameters and the
 forward GFLOPs per image (``FlopCounterMode``, 2 FLOPs per multiply-add). Then the seed's table
-models (B/16, B/32, L/16, L/32, H/14, each with the MLP and the ChebyKAN ffn) are *counted*, not
-run: built on the meta device, true parameters against the seed's rule (:func:`seed_parameter_count`)
-and forward FLOPs per image. ``quick`` (or no GPU) uses tiny models at 32 x 32 on the CPU.
+models (B/16, B/32, L/16, L/32, H/14, each with the MLP and the ChebyKAN ffn) are counted on the
+meta device (true parameters against the seed's rule, :func:`seed_parameter_count`, and forward
+FLOPs per image) and, on a GPU, each trained for a few steps alone at the same batch: step time and
+peak memory, or the reason it did not fit. ``quick`` (or no GPU) uses tiny models at 32 x 32 on the CPU.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     batch = 8 if quick else 64
     steps, warmup = (3, 1) if quick else (20, 5)
     rounds, steps_per_round = (2, 2) if quick else (6, 8)
+    table_steps = 10  # the seed-table models, up to ViT-H/14 (0.5 s a step): fewer steps
     timm_model, why = _timm_model(quick)
     builders = {name: (build, ffn) for name, (build, ffn) in _timed_variants(quick).items()}
     if timm_model is not None:
@@ -110,26 +112,46 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
         if "median_ms" in row:
             row["x_labkit_mlp"] = row["median_ms"] / mlp["median_ms"]
 
-    # The seed's table, counted on the meta device (no memory, no compute).
+    # The seed's table: every model counted on the meta device (no memory, no compute), and on the
+    # GPU also built for real and timed (one full training step, the model alone on the device).
     for label in SEED_MODELS:
         for ffn in ("mlp", "chebykan"):
             if quick and label != "B/16":
                 continue
             ours = recount(label, ffn, num_classes=5)  # the seed trained on tf_flowers' 5 classes
-            rows.append({"name": f"ViT-{label} {ffn}", "case": "seed table", "model": ours["model"], "ffn": ffn,
-                         "num_classes": 5, "params": ours["params"], "seed_rule_params": ours["seed_rule_params"],
-                         "seed_rule_missed": ours["seed_rule_missed"],
-                         "gflops_per_image": ours["flops_per_image"] / 1e9})
+            row = {"name": f"ViT-{label} {ffn}", "case": "seed table", "model": ours["model"], "ffn": ffn,
+                   "num_classes": 5, "params": ours["params"], "seed_rule_params": ours["seed_rule_params"],
+                   "seed_rule_missed": ours["seed_rule_missed"], "gflops_per_image": ours["flops_per_image"] / 1e9}
+            if on_gpu:
+                row.update(_time_seed_model(ours["model"], ffn, batch, device, steps=table_steps, warmup=warmup))
+            rows.append(row)
     config = {"batch": batch, "img_size": 32 if quick else 224, "steps": steps, "warmup": warmup,
-              "rounds": rounds, "steps_per_round": steps_per_round,
+              "rounds": rounds, "steps_per_round": steps_per_round, "table_steps": table_steps,
               "note": "train step = forward + cross-entropy + backward + AdamW (fused on CUDA), bf16 autocast on "
                       "CUDA; median_ms = median over rounds of each round's median step, the models timed in "
                       "turns (round_ms); alone_ms = median of steps timed with one model at a time; peak_mib = CUDA allocator peak over the timed "
                       "steps (weights, grads, AdamW state, activations); gflops_per_image = forward FLOPs from "
                       "FlopCounterMode (2 per multiply-add, KAN layers on their PyTorch path for the count); "
                       "seed_rule_params = sum of sub-modules' weight/bias (the seed's table's rule); "
-                      "seed-table rows are counted on the meta device with 5 classes (tf_flowers)"}
+                      "seed-table rows are counted on the meta device with 5 classes (tf_flowers) and, on a GPU, "
+                      "timed with the model alone (step_ms, step_peak_gib; step_skipped if it does not fit)"}
     return config, rows
+
+
+def _time_seed_model(factory: str, ffn: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
+    """step_ms, step_peak_gib and step_batch of one seed-table model's training step (or step_skipped)."""
+    model = None
+    try:
+        torch.manual_seed(0)
+        model = create_model(factory, ffn=ffn, num_classes=5).to(device)
+        timing = peak_memory_and_throughput(model, batch, device, steps=steps, warmup=warmup)
+        return {"step_ms": timing["median_ms"], "step_peak_gib": timing["peak_gib"], "step_batch": batch}
+    except torch.cuda.OutOfMemoryError:
+        return {"step_skipped": f"out of memory at batch {batch}", "step_batch": batch}
+    finally:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _timm_flops(model, shape) -> float:
