@@ -21,6 +21,7 @@ def test_quick_suite_times_models_in_turns_and_counts_the_seed_table():
     for r in steps:
         assert len(r["round_ms"]) == config["rounds"] and all(t > 0 for t in r["round_ms"])
         assert min(r["round_ms"]) <= r["median_ms"] <= max(r["round_ms"]) and r["alone_ms"] > 0
+        assert r["timed"] == "in turns"
     mlp = next(r for r in steps if r["name"] == "labkit ViT (MLP, SDPA)")
     assert mlp["x_labkit_mlp"] == 1.0
     table = {r["name"]: r for r in rows if r["case"] == "seed table"}
@@ -40,3 +41,12 @@ def test_seed_model_timing_reports_a_step_or_why_it_did_not_fit(monkeypatch):
     monkeypatch.setattr(bench, "peak_memory_and_throughput", out_of_memory)
     skipped = bench._time_seed_model("vit_tiny_patch4_28", "mlp", 64, torch.device("cpu"), steps=1, warmup=0)
     assert skipped == {"step_skipped": "out of memory at batch 64", "step_batch": 64}
+
+
+def test_models_that_do_not_fit_together_are_reported_as_such(monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(bench, "make_train_step", out_of_memory)
+    builders = {"a": (lambda: torch.nn.Linear(2, 2), "mlp")}
+    assert bench._time_in_turns(builders, 2, torch.device("cpu"), warmup=0, rounds=1, steps_per_round=1) is None

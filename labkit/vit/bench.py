@@ -91,22 +91,16 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     # Pass 2, the times compared: all models resident, timed in turns. A 30 ms step drifts by 10-15%
     # between passes a minute apart (clocks, allocator state), so models timed one after the other
     # swapped places between two runs on one H100; in turns, each sees the same conditions.
-    steps_of = {}
-    for name, (build, _) in builders.items():
-        torch.manual_seed(0)
-        steps_of[name] = make_train_step(build().to(device), batch, device)
-        for _ in range(warmup):
-            steps_of[name]()
-    per_round = {name: [] for name in steps_of}
-    for _ in range(rounds):
-        for name, step in steps_of.items():
-            per_round[name].append(time_fn(step, device, warmup=1, repeats=steps_per_round)["median_ms"])
-    del steps_of
+    per_round = _time_in_turns(builders, batch, device, warmup, rounds, steps_per_round)
     for row in rows:
-        if row["name"] in per_round:
+        if per_round is None and "alone_ms" in row:  # they did not fit together: the times alone
+            row.update(median_ms=row["alone_ms"], timed="alone (the models did not fit on the device together)",
+                       images_per_s=batch / (row["alone_ms"] / 1e3))
+        elif per_round is not None and row["name"] in per_round:
             times = sorted(per_round[row["name"]])
             row.update(median_ms=statistics.median(times), min_round_ms=times[0], max_round_ms=times[-1],
-                       round_ms=per_round[row["name"]], images_per_s=batch / (statistics.median(times) / 1e3))
+                       round_ms=per_round[row["name"]], timed="in turns",
+                       images_per_s=batch / (statistics.median(times) / 1e3))
     mlp = next(r for r in rows if r["name"] == "labkit ViT (MLP, SDPA)")
     for row in rows:
         if "median_ms" in row:
@@ -129,13 +123,36 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
               "rounds": rounds, "steps_per_round": steps_per_round, "table_steps": table_steps,
               "note": "train step = forward + cross-entropy + backward + AdamW (fused on CUDA), bf16 autocast on "
                       "CUDA; median_ms = median over rounds of each round's median step, the models timed in "
-                      "turns (round_ms); alone_ms = median of steps timed with one model at a time; peak_mib = CUDA allocator peak over the timed "
+                      "turns (round_ms), or alone_ms where they did not fit together (see timed); alone_ms = median of steps timed with one model at a time; peak_mib = CUDA allocator peak over the timed "
                       "steps (weights, grads, AdamW state, activations); gflops_per_image = forward FLOPs from "
                       "FlopCounterMode (2 per multiply-add, KAN layers on their PyTorch path for the count); "
                       "seed_rule_params = sum of sub-modules' weight/bias (the seed's table's rule); "
                       "seed-table rows are counted on the meta device with 5 classes (tf_flowers) and, on a GPU, "
                       "timed with the model alone (step_ms, step_peak_gib; step_skipped if it does not fit)"}
     return config, rows
+
+
+def _time_in_turns(builders: dict, batch: int, device: torch.device, warmup: int, rounds: int,
+                   steps_per_round: int) -> dict | None:
+    """name -> each round's median step (ms), the models resident together; None if they do not fit."""
+    steps_of = {}
+    try:
+        for name, (build, _) in builders.items():
+            torch.manual_seed(0)
+            steps_of[name] = make_train_step(build().to(device), batch, device)
+            for _ in range(warmup):
+                steps_of[name]()
+        per_round = {name: [] for name in steps_of}
+        for _ in range(rounds):
+            for name, step in steps_of.items():
+                per_round[name].append(time_fn(step, device, warmup=1, repeats=steps_per_round)["median_ms"])
+        return per_round
+    except torch.cuda.OutOfMemoryError:
+        return None
+    finally:
+        steps_of.clear()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _time_seed_model(factory: str, ffn: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
