@@ -94,16 +94,15 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
     per_round = _time_in_turns(builders, batch, device, warmup, rounds, steps_per_round)
     for row in rows:
         if per_round is None and "alone_ms" in row:  # they did not fit together: the times alone
-            row.update(median_ms=row["alone_ms"], timed="alone (the models did not fit on the device together)",
-                       images_per_s=batch / (row["alone_ms"] / 1e3))
+            row.update(median_ms=row["alone_ms"], timed="alone (the models did not fit on the device together)")
         elif per_round is not None and row["name"] in per_round:
-            times = sorted(per_round[row["name"]])
-            row.update(median_ms=statistics.median(times), min_round_ms=times[0], max_round_ms=times[-1],
-                       round_ms=per_round[row["name"]], timed="in turns",
-                       images_per_s=batch / (statistics.median(times) / 1e3))
+            times = per_round[row["name"]]
+            row.update(median_ms=statistics.median(times), min_round_ms=min(times), max_round_ms=max(times),
+                       round_ms=times, timed="in turns")
     mlp = next(r for r in rows if r["name"] == "labkit ViT (MLP, SDPA)")
     for row in rows:
         if "median_ms" in row:
+            row["images_per_s"] = batch / (row["median_ms"] / 1e3)
             row["x_labkit_mlp"] = row["median_ms"] / mlp["median_ms"]
 
     # The seed's table: every model counted on the meta device (no memory, no compute), and on the
@@ -123,7 +122,8 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
               "rounds": rounds, "steps_per_round": steps_per_round, "table_steps": table_steps,
               "note": "train step = forward + cross-entropy + backward + AdamW (fused on CUDA), bf16 autocast on "
                       "CUDA; median_ms = median over rounds of each round's median step, the models timed in "
-                      "turns (round_ms), or alone_ms where they did not fit together (see timed); alone_ms = median of steps timed with one model at a time; peak_mib = CUDA allocator peak over the timed "
+                      "turns (round_ms), or alone_ms where they did not fit together (see timed); alone_ms = "
+                      "median of steps timed with one model at a time; peak_mib = CUDA allocator peak over the timed "
                       "steps (weights, grads, AdamW state, activations); gflops_per_image = forward FLOPs from "
                       "FlopCounterMode (2 per multiply-add, KAN layers on their PyTorch path for the count); "
                       "seed_rule_params = sum of sub-modules' weight/bias (the seed's table's rule); "
