@@ -9,6 +9,7 @@ Every Triton kernel in labkit has a PyTorch fallback. The rule is the same for a
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -89,3 +90,33 @@ def patch_triton_interpreter() -> None:
 
     patch_lang_tensor.labkit_scalar_index = True
     interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+def cublas_allows_tf32() -> bool:
+    """Whether PyTorch lets cuBLAS run fp32 matmuls in TF32, whichever of its two APIs set it.
+
+    ``torch.backends.cuda.matmul.allow_tf32`` (legacy) raises once the newer
+    ``torch.backends.cuda.matmul.fp32_precision`` has been set; then that one is read.
+    """
+    matmul = torch.backends.cuda.matmul
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:
+        return matmul.fp32_precision == "tf32"
+
+
+@contextlib.contextmanager
+def cublas_tf32():
+    """Let cuBLAS use TF32 for fp32 matmuls inside the block, then restore the user's setting
+    through the same API it was read from (mixing the two APIs makes PyTorch raise)."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        previous, name = matmul.allow_tf32, "allow_tf32"
+        matmul.allow_tf32 = True
+    except RuntimeError:
+        previous, name = matmul.fp32_precision, "fp32_precision"
+        matmul.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        setattr(matmul, name, previous)

@@ -85,9 +85,10 @@ def _differentiable(args):
     return [name for name in ("x", "base_weight", "spline_weight", "spline_scaler") if args[name] is not None]
 
 
-def _triton_with_grads(args, dy):
+def _triton_with_grads(args, dy, layer=None):
+    """y and the gradients of ``layer`` (default: the fused kernels' bspline_kan_triton)."""
     leaves = {name: args[name].detach().clone().requires_grad_() for name in _differentiable(args)}
-    y = _kernels().bspline_kan_triton(**{**args, **leaves})
+    y = (layer or _kernels().bspline_kan_triton)(**{**args, **leaves})
     grads = torch.autograd.grad(y, list(leaves.values()), dy)
     return y.detach(), dict(zip(leaves, grads))
 
@@ -99,8 +100,8 @@ def _reference_with_grads(args, dy, reference=bspline_kan_reference):
     return y.detach(), dict(zip(leaves, grads))
 
 
-def _assert_matches_reference(args, dy, tol, reference=bspline_kan_reference):
-    y, grads = _triton_with_grads(args, dy)
+def _assert_matches_reference(args, dy, tol, reference=bspline_kan_reference, layer=None):
+    y, grads = _triton_with_grads(args, dy, layer)
     y_ref, grads_ref = _reference_with_grads(args, dy, reference)
     assert y.dtype == args["x"].dtype and y.shape == (args["x"].shape[0], args["base_weight"].shape[0])
     errors = {"y": relative_error(y, y_ref)}

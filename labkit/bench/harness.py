@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from labkit.backend import cublas_allows_tf32
 from labkit.data import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
@@ -144,7 +145,7 @@ def environment(device: torch.device | str) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
-        "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "allow_tf32": cublas_allows_tf32(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:

@@ -7,7 +7,9 @@ in fp32 and in bf16 autocast:
 * ``Linear+GELU`` of the same shape: the yardstick every ratio is taken against;
 * the seed's formulations (efficient-kan B-spline; ChebyKAN with ``acos``), eager and
   under ``torch.compile``;
-* labkit's Triton kernels;
+* labkit's Triton kernels: the fused ones (``bspline_labkit``, also on knots moved as by
+  ``update_grid``) and the split-GEMM paths (``bspline_labkit_gemm``, ``cheby_labkit_gemm``: feature kernels
+  around cuBLAS);
 * the public peers ``pykan`` and ``inkan`` where they are installed and fit in memory.
 
 Then sweeps of batch, width, grid size and degree for the Triton kernels against
@@ -46,6 +48,9 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         params = [wb, ws, sc]
         if impl == "bspline_labkit":
             return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton")), params
+        if impl == "bspline_labkit_gemm":
+            return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton",
+                                              path="gemm")), params
         if impl == "bspline_labkit_adapted":
             # Knots as after update_grid (each moved by up to 2% of a step, per input): the
             # kernels then take the general Cox-de Boor recursion instead of the uniform one.
@@ -63,6 +68,8 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         coeffs = _param(d_in, d_out, degree + 1, device=device, scale=1 / (d_in * (degree + 1)))
         if impl == "cheby_labkit":
             return (lambda x: ops.chebykan(x, coeffs, backend="triton")), [coeffs]
+        if impl == "cheby_labkit_gemm":
+            return (lambda x: ops.chebykan(x, coeffs, backend="triton", path="gemm")), [coeffs]
         if impl == "cheby_seed":
             return (lambda x: reference.chebykan_seed_formulation(x, coeffs)), [coeffs]
         if impl == "cheby_recurrence":
@@ -125,8 +132,8 @@ def _with_ratios(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
     return rows
 
 
-HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_labkit_adapted", "bspline_seed", "bspline_seed_compiled",
-                  "pykan", "inkan", "inkan_eager", "cheby_labkit", "cheby_seed", "cheby_recurrence",
+HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_labkit_adapted", "bspline_labkit_gemm", "bspline_seed",
+                  "bspline_seed_compiled", "pykan", "inkan", "inkan_eager", "cheby_labkit", "cheby_labkit_gemm", "cheby_seed", "cheby_recurrence",
                   "cheby_seed_compiled")
 
 
@@ -179,9 +186,9 @@ def sweeps(device: torch.device, dtype: str = "bf16", repeats: int = 20) -> list
     for name, b, d_in, d_out, extra in tqdm(points, desc="kan sweeps"):
         impls = ["linear_gelu"]
         if name != "degree":
-            impls += ["bspline_labkit", "bspline_seed"]
+            impls += ["bspline_labkit", "bspline_labkit_gemm", "bspline_seed"]
         if name != "grid_size":
-            impls += ["cheby_labkit", "cheby_seed"]
+            impls += ["cheby_labkit", "cheby_labkit_gemm", "cheby_seed"]
         for impl in impls:
             shape = {}
             if impl.startswith("bspline"):

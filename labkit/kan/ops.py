@@ -16,6 +16,15 @@ from labkit.kan import reference
 # fitting, where fp32 bottoms out near 1e-6 RMSE) always takes the PyTorch path.
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+#: The B-spline layer's two Triton paths: "fused" (labkit.kan.triton_bspline: bases made
+#: inside the GEMM loop) and "gemm" (labkit.kan.gemm_bspline: feature kernels around cuBLAS).
+BSPLINE_PATHS = ("fused", "gemm")
+#: The path ``bspline_kan`` takes when none is named.
+DEFAULT_BSPLINE_PATH = "fused"
+#: The same two paths of the Chebyshev layer (labkit.kan.triton_chebyshev, labkit.kan.gemm_chebyshev).
+CHEBYSHEV_PATHS = BSPLINE_PATHS
+DEFAULT_CHEBYSHEV_PATH = "fused"
+
 
 def _backend(backend: str, x: torch.Tensor, *tensors: torch.Tensor) -> str:
     if backend == "auto" and x.dtype not in KERNEL_DTYPES:
@@ -35,11 +44,20 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]), lead
 
 
-def chebykan(x: torch.Tensor, coeffs: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Chebyshev-KAN layer: ``sum_{i,d} T_d(tanh x_i) coeffs[i, o, d]``."""
+def chebykan(x: torch.Tensor, coeffs: torch.Tensor, backend: str = "auto", path: str | None = None) -> torch.Tensor:
+    """Chebyshev-KAN layer: ``sum_{i,d} T_d(tanh x_i) coeffs[i, o, d]``.
+
+    ``path`` picks the Triton implementation (:data:`CHEBYSHEV_PATHS`; None: :data:`DEFAULT_CHEBYSHEV_PATH`).
+    """
+    path = DEFAULT_CHEBYSHEV_PATH if path is None else path
+    if path not in CHEBYSHEV_PATHS:
+        raise ValueError(f"path must be one of {CHEBYSHEV_PATHS} or None, got {path!r}")
     if _backend(backend, x, coeffs) == "torch":
         return reference.chebykan_reference(x, coeffs)
-    from labkit.kan.triton_chebyshev import chebykan_triton
+    if path == "gemm":
+        from labkit.kan.gemm_chebyshev import chebykan_gemm as chebykan_triton
+    else:
+        from labkit.kan.triton_chebyshev import chebykan_triton
 
     dtype = _autocast_dtype(x)
     x2d, lead = _flatten(x)
@@ -61,12 +79,22 @@ def bspline_kan(
     spline_scaler: torch.Tensor | None,
     spline_order: int,
     backend: str = "auto",
+    path: str | None = None,
 ) -> torch.Tensor:
-    """B-spline KAN layer with a SiLU base branch (efficient-kan semantics)."""
+    """B-spline KAN layer with a SiLU base branch (efficient-kan semantics).
+
+    ``path`` picks the Triton implementation (:data:`BSPLINE_PATHS`; None: :data:`DEFAULT_BSPLINE_PATH`).
+    """
+    path = DEFAULT_BSPLINE_PATH if path is None else path
+    if path not in BSPLINE_PATHS:
+        raise ValueError(f"path must be one of {BSPLINE_PATHS} or None, got {path!r}")
     tensors = [grid, base_weight, spline_weight] + ([spline_scaler] if spline_scaler is not None else [])
     if _backend(backend, x, *tensors) == "torch":
         return reference.bspline_kan_reference(x, grid, base_weight, spline_weight, spline_scaler, spline_order)
-    from labkit.kan.triton_bspline import bspline_kan_triton
+    if path == "gemm":
+        from labkit.kan.gemm_bspline import bspline_kan_gemm as bspline_kan_triton
+    else:
+        from labkit.kan.triton_bspline import bspline_kan_triton
 
     dtype = _autocast_dtype(x)
     x2d, lead = _flatten(x)

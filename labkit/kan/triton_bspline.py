@@ -74,7 +74,7 @@ import torch
 import triton
 import triton.language as tl
 
-from labkit.backend import interpret_mode, patch_triton_interpreter, tuning_bucket
+from labkit.backend import cublas_allows_tf32, interpret_mode, patch_triton_interpreter, tuning_bucket
 
 #: Spline orders the kernels are built for; the unrolled Cox-de Boor grows as order**2.
 MAX_SPLINE_ORDER = 8
@@ -482,27 +482,30 @@ def _grad_weight_kernel(
 def _pack_weight_kernel(
     base_ptr, spline_ptr, scaler_ptr, w_ptr, IN, OUT,
     N_BASES: tl.constexpr, BASES_POW2: tl.constexpr, HAS_SCALER: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, PARAM_IN,
 ):
     """``W[0, i, o] = base_weight[o, i]``, ``W[1 + j, i, o] = spline_weight[o, i, j] * scaler[o, i]``.
 
     One pass over the parameters that also casts them to the operand dtype of the GEMM
     kernels (the product is taken in fp32 and rounded once). The loads run along the
     parameters' contiguous axes and the stores along W's (the outputs); Triton moves the
-    tile between the two layouts through shared memory.
+    tile between the two layouts through shared memory. ``PARAM_IN`` is the parameters' row
+    length (``IN`` for the whole weight): with a larger one the kernel packs a block of ``IN`` inputs
+    (pointers at its first input), as :mod:`labkit.kan.gemm_bspline` does.
     """
+
     outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     bases = tl.arange(0, BASES_POW2)
     ok = (outs[:, None] < OUT) & (ins[None, :] < IN)
-    base = tl.load(base_ptr + outs[:, None] * IN + ins[None, :], mask=ok)
+    base = tl.load(base_ptr + outs[:, None] * PARAM_IN + ins[None, :], mask=ok)
     tl.store(w_ptr + ins[None, :] * OUT + outs[:, None], base.to(w_ptr.dtype.element_ty), mask=ok)
 
     ok3 = ok[:, :, None] & (bases[None, None, :] < N_BASES)
-    spline = tl.load(spline_ptr + (outs[:, None, None] * IN + ins[None, :, None]) * N_BASES + bases[None, None, :],
-                     mask=ok3).to(tl.float32)
+    spline = tl.load(spline_ptr + (outs[:, None, None] * PARAM_IN + ins[None, :, None]) * N_BASES
+                     + bases[None, None, :], mask=ok3).to(tl.float32)
     if HAS_SCALER:
-        scaler = tl.load(scaler_ptr + outs[:, None] * IN + ins[None, :], mask=ok).to(tl.float32)
+        scaler = tl.load(scaler_ptr + outs[:, None] * PARAM_IN + ins[None, :], mask=ok).to(tl.float32)
         spline = spline * scaler[:, :, None]
     w_spline = w_ptr + ((1 + bases[None, None, :]) * IN + ins[None, :, None]) * OUT + outs[:, None, None]
     tl.store(w_spline, spline.to(w_ptr.dtype.element_ty), mask=ok3)
@@ -513,7 +516,7 @@ def _unpack_grads_kernel(
     dw_ptr, spline_ptr, scaler_ptr, d_base_ptr, d_spline_ptr, d_scaler_ptr,
     IN, OUT, SPLITS, split_stride,
     N_BASES: tl.constexpr, BASES_POW2: tl.constexpr, HAS_SCALER: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, PARAM_IN,
 ):
     """From ``dW`` (summed over its row slices) to the parameters' gradients, in their layouts
     and dtype. With ``W[1 + j] = (spline_weight[..., j] * scaler).T`` the chain rule gives
@@ -521,8 +524,10 @@ def _unpack_grads_kernel(
         d spline_weight[o, i, j] = dW[1 + j, i, o] * scaler[o, i]
         d scaler[o, i]           = sum_j dW[1 + j, i, o] * spline_weight[o, i, j]
 
-    and ``d base_weight = dW[0].T``. Weight-sized work, one pass.
+    and ``d base_weight = dW[0].T``. Weight-sized work, one pass. ``PARAM_IN`` as in
+    :func:`_pack_weight_kernel`: the parameters' (and their gradients') row length.
     """
+
     outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     bases = tl.arange(0, BASES_POW2)
@@ -535,13 +540,14 @@ def _unpack_grads_kernel(
     for split in range(SPLITS):
         d_base += tl.load(dw_ptr + split * split_stride + base_offsets, mask=ok)
         d_spline += tl.load(dw_ptr + split * split_stride + spline_offsets, mask=ok3)
-    tl.store(d_base_ptr + outs[:, None] * IN + ins[None, :], d_base.to(d_base_ptr.dtype.element_ty), mask=ok)
-    param_offsets = (outs[:, None, None] * IN + ins[None, :, None]) * N_BASES + bases[None, None, :]
+    tl.store(d_base_ptr + outs[:, None] * PARAM_IN + ins[None, :], d_base.to(d_base_ptr.dtype.element_ty),
+             mask=ok)
+    param_offsets = (outs[:, None, None] * PARAM_IN + ins[None, :, None]) * N_BASES + bases[None, None, :]
     if HAS_SCALER:
         spline = tl.load(spline_ptr + param_offsets, mask=ok3).to(tl.float32)
-        scaler = tl.load(scaler_ptr + outs[:, None] * IN + ins[None, :], mask=ok).to(tl.float32)
+        scaler = tl.load(scaler_ptr + outs[:, None] * PARAM_IN + ins[None, :], mask=ok).to(tl.float32)
         d_scaler = tl.sum(d_spline * spline, axis=2)
-        tl.store(d_scaler_ptr + outs[:, None] * IN + ins[None, :], d_scaler.to(d_scaler_ptr.dtype.element_ty),
+        tl.store(d_scaler_ptr + outs[:, None] * PARAM_IN + ins[None, :], d_scaler.to(d_scaler_ptr.dtype.element_ty),
                  mask=ok)
         d_spline = d_spline * scaler[:, :, None]
     tl.store(d_spline_ptr + param_offsets, d_spline.to(d_spline_ptr.dtype.element_ty), mask=ok3)
@@ -696,7 +702,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
     """
     if interpret_mode():
         return "interpreter"
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and cublas_allows_tf32():
         return "tf32"
     exact = os.environ.get("LABKIT_KAN_FP32_DOT", "tf32x3")
     if exact not in ("ieee", "tf32x3"):
@@ -772,7 +778,7 @@ def _pack_weight(base_weight, spline_weight, spline_scaler, dtype) -> torch.Tens
     _pack_weight_kernel[grid](
         base_weight, spline_weight, spline_weight if spline_scaler is None else spline_scaler, w, n_in, n_out,
         N_BASES=n_bases, BASES_POW2=triton.next_power_of_2(n_bases), HAS_SCALER=spline_scaler is not None,
-        BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK,
+        BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK, PARAM_IN=n_in,
     )
     return w
 
@@ -808,7 +814,7 @@ def _launch_grad_weight(x, knots, dy, spline_weight, spline_scaler, precision):
         dw, spline_weight, spline_weight if spline_scaler is None else spline_scaler, d_base, d_spline,
         d_spline if d_scaler is None else d_scaler, n_in, n_out, splits, split_stride,
         N_BASES=n_bases, BASES_POW2=triton.next_power_of_2(n_bases), HAS_SCALER=spline_scaler is not None,
-        BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK,
+        BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK, PARAM_IN=n_in,
     )
     return d_base, d_spline, d_scaler
 

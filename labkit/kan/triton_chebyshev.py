@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from labkit.backend import interpret_mode, patch_triton_interpreter, tuning_bucket
+from labkit.backend import cublas_allows_tf32, interpret_mode, patch_triton_interpreter, tuning_bucket
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_DEGREE = 32  # the kernels unroll over degrees; beyond this, compile time and registers explode
@@ -634,7 +634,7 @@ def resolve_input_precision(dtype: torch.dtype, input_precision: str | None = No
         return "ieee"
     if input_precision is not None:
         return input_precision
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+    return "tf32" if cublas_allows_tf32() else "tf32x3"
 
 
 def _weights_by_degree(coeffs: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
