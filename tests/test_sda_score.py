@@ -156,6 +156,27 @@ def test_gaussian_skip(alpha):
     torch.testing.assert_close(x_hat - x_hat_exact, torch.full_like(x, -0.1), rtol=0, atol=1e-3)
 
 
+def test_v_weighting_is_the_error_of_the_skipped_network():
+    """loss(weighting='v') = mean((eps' - eps)^2 / mu^2), which under GaussianSkip is the plain mean
+    squared error of F against its target (mu eps - sigma x) / (mu^2 + sigma^2)."""
+    data = torch.randn(64, 8) * 2 + 1
+    net = lambda x, t: 0.3 * x + t[:, None]  # noqa: E731  some F, not the right one
+    sde = VPSDE(GaussianSkip(net), (8,))
+    torch.manual_seed(0)
+    v_loss = sde.loss(data, weighting="v")
+    torch.manual_seed(0)  # the same t and eps, drawn again by hand
+    t = torch.rand(64)
+    x_t, eps = sde(data, t, train=True)
+    mu, sigma = sde.mu(t)[:, None], sde.sigma(t)[:, None]
+    target = (mu * eps - sigma * data) / (mu**2 + sigma**2)
+    torch.testing.assert_close(v_loss, (net(x_t, t) - target).square().mean(), rtol=1e-4, atol=0)
+    torch.manual_seed(0)
+    eps_loss = sde.loss(data)
+    torch.testing.assert_close(eps_loss, ((net(x_t, t) - target).square() * mu**2).mean(), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        sde.loss(data, weighting="snr")
+
+
 # ------------------------------------------------------------------------------------------ guidance
 def linear_problem(dim=16, k=8, std=0.1):
     m, s = torch.linspace(-1, 1, dim), 1.0

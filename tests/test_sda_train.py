@@ -37,7 +37,7 @@ def test_config_validation():
     bad = [dict(epochs=0), dict(batch_size=2.5), dict(window=4), dict(lr=-1.0), dict(weight_decay=float("nan")),
            dict(schedule="cosine"), dict(alpha="sqrt"), dict(eta=1.0), dict(hidden_channels=(8, 16)),
            dict(hidden_blocks=(1, -1, 1)), dict(amp="fp16"), dict(compile="yes"), dict(grad_clip=0.0),
-           dict(seed=-1)]
+           dict(seed=-1), dict(loss="x0"), dict(loss="v"), dict(ema=1.0), dict(ema=0)]
     for kwargs in bad:
         with pytest.raises(ValueError, match=next(iter(kwargs)).split("_")[0]):
             TrainConfig(**kwargs)
@@ -105,6 +105,26 @@ def test_skip_option(data, tmp_path):
         assert score(torch.randn(1, 7, 2, 16, 16), 1.0).shape == (1, 7, 2, 16, 16)
 
 
+def test_v_loss_and_ema(data, tmp_path):
+    """loss='v' with skip trains; the moving average is checkpointed, resumed exactly, and what load_score gives."""
+    config = TrainConfig(epochs=3, skip=True, loss="v", ema=0.9, lr=3e-3, **TINY)
+    whole = train(config, data, tmp_path / "whole", device="cpu", progress=False)
+    assert all(math.isfinite(row["valid_loss"]) for row in whole)
+    train(config, data, tmp_path / "split", device="cpu", progress=False, stop_after=1)
+    train(config, data, tmp_path / "split", device="cpu", progress=False)
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split"))
+    assert a["ema"].keys() == b["ema"].keys() and all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    # the average is not the last weights, and it is what the sampler gets
+    raw = {k.removeprefix("kernel."): v for k, v in a["model"].items() if k.startswith("kernel.")}
+    assert any(not torch.equal(a["ema"][k], raw[k]) for k in a["ema"])
+    score, loaded = load_score(tmp_path / "whole")
+    assert loaded.ema == 0.9
+    assert all(torch.equal(p, a["ema"][k]) for k, p in score.net.kernel.named_parameters())
+    # without ema the checkpoint says so, and load_score gives the last weights
+    train(TrainConfig(epochs=1, **TINY), data, tmp_path / "plain", device="cpu", progress=False)
+    assert torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)["ema"] is None
+
+
 def test_resume_with_another_config_is_an_error(data, tmp_path):
     config = TrainConfig(epochs=2, **TINY)
     train(config, data, tmp_path, device="cpu", progress=False, stop_after=1)
@@ -144,6 +164,10 @@ def test_command_line(data, tmp_path, capsys):
     assert len(history) == 2 and "epoch 2/2: train loss" in capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "history.json").read_text())
     assert summary["config"]["hidden_blocks"] == [1, 1] and summary["config"]["epochs"] == 2
+    assert summary["config"]["loss"] == "eps" and summary["config"]["ema"] is None  # the quick profile's
+    main(args[:3] + [str(tmp_path / "run_v")] + args[4:] + ["--skip", "--loss", "v", "--ema", "0.9"])
+    summary = json.loads((tmp_path / "run_v" / "history.json").read_text())
+    assert summary["config"]["loss"] == "v" and summary["config"]["ema"] == 0.9
     with pytest.raises(SystemExit):
         main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run2"), "--profile", "quick"])
     assert f"python -m labkit.sda.generate --out {tmp_path / 'nothing'} --profile quick" in capsys.readouterr().err

@@ -99,6 +99,10 @@ def _call(eps: Callable, x: torch.Tensor, t: torch.Tensor, c=None) -> torch.Tens
     return eps(x, t) if c is None else eps(x, t, c)
 
 
+#: How :meth:`VPSDE.loss` weights the squared eps error over t.
+LOSS_WEIGHTINGS = ("eps", "v")
+
+
 def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Append singleton axes to t so that it broadcasts against x along x's leading axes."""
     return t.reshape(t.shape + (1,) * (x.dim() - t.dim()))
@@ -154,12 +158,25 @@ class VPSDE(nn.Module):
         x_t = self.mu(t) * x + self.sigma(t) * eps
         return (x_t, eps) if train else x_t
 
-    def loss(self, x: torch.Tensor, c=None) -> torch.Tensor:
-        """Epsilon matching: mean over all elements of (eps(x_t, t) - eps)^2, t ~ U(0, 1) per sample."""
+    def loss(self, x: torch.Tensor, c=None, weighting: str = "eps") -> torch.Tensor:
+        """Epsilon matching, t ~ U(0, 1) per sample: the mean over all elements of w(t) (eps(x_t, t) - eps)^2.
+
+        ``weighting='eps'`` (the original): w = 1. ``'v'``: w = 1 / mu(t)^2, the v-prediction loss
+        (Salimans & Ho 2022): the error of v = (mu eps - sigma x) / (mu^2 + sigma^2), or of the
+        network F inside :class:`GaussianSkip`, whose error reaches eps multiplied by mu. With w = 1
+        such a network is hardly trained where mu is small (the weight of its error is mu^2, 1e-6
+        at t = 1), and that is where the sampler decides the large scales. Use 'v' only with a
+        skip: a plain eps network's error at t ~ 1 would be weighted up to 1e6.
+        """
+        if weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
         self._check_x(x)
         t = torch.rand(x.shape[0], dtype=x.dtype, device=x.device)
         x_t, eps = self.forward(x, t, train=True)
-        return (_call(self.eps, x_t, t, c) - eps).square().mean()
+        error = (_call(self.eps, x_t, t, c) - eps).square()
+        if weighting == "v":
+            error = error / _expand(self.mu(t), error).square()
+        return error.mean()
 
     @torch.no_grad()
     def sample(self, shape: Sequence[int] | int = (), c=None, steps: int = 64, corrections: int = 0,

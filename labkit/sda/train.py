@@ -49,7 +49,7 @@ from labkit.runs import (check_resumable, closing_process_group, csv_line, join_
                          stream_seed, torchrun_world, write_text)
 from labkit.sda.data import DatasetSpec, TrajectoryDataset
 from labkit.sda.nn import MCScoreNet, make_score, parameter_count
-from labkit.sda.score import ALPHAS, VPSDE, GaussianSkip
+from labkit.sda.score import ALPHAS, LOSS_WEIGHTINGS, VPSDE, GaussianSkip
 
 __all__ = ["TrainConfig", "train", "build_score", "load_score", "main"]
 
@@ -73,6 +73,9 @@ class TrainConfig:
     that many epochs (and after the last one) instead of after each: with epochs of a second, a
     360 MB checkpoint per epoch would cost more than the training. ``skip`` (not in the original)
     trains the network inside :class:`GaussianSkip`, eps = sigma x / (mu^2 + sigma^2) + mu F.
+    ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps' (the original) or 'v' (the error of F
+    itself, which needs ``skip``). ``ema`` (None: off; the original has none) keeps an exponential
+    moving average of the weights with that decay per step; the sampler then uses the average.
     """
 
     epochs: int = 64
@@ -94,6 +97,8 @@ class TrainConfig:
     windows_per_trajectory: int = 1
     checkpoint_every: int = 1
     skip: bool = False
+    loss: str = "eps"
+    ema: float | None = None
 
     def __post_init__(self):
         # lists (from JSON or the command line) become tuples, so that configs compare equal
@@ -131,6 +136,13 @@ class TrainConfig:
         for name in ("channels_last", "compile", "skip"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.loss not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss must be one of {LOSS_WEIGHTINGS}, got {self.loss!r}")
+        if self.loss == "v" and not self.skip:
+            raise ValueError("loss='v' needs skip=True: a plain eps network's error at t ~ 1 would be "
+                             "weighted by 1 / mu(1)^2 = 1e6")
+        if self.ema is not None and not (isinstance(self.ema, float) and 0 < self.ema < 1):
+            raise ValueError(f"ema must be None or a decay in (0, 1), e.g. 0.999, got {self.ema!r}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float))
                                                and math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip must be None or a positive number, got {self.grad_clip!r}")
@@ -150,12 +162,15 @@ def as_eps(network: nn.Module, config: TrainConfig) -> nn.Module:
 def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[nn.Module, TrainConfig]:
     """The trained trajectory eps network and its config from ``out_dir/checkpoint.pt``.
 
-    That is the :class:`MCScoreNet`, or ``GaussianSkip(MCScoreNet)`` for a run with ``skip``.
+    That is the :class:`MCScoreNet`, or ``GaussianSkip(MCScoreNet)`` for a run with ``skip``; a run
+    with ``ema`` gives its averaged weights.
     """
     state = torch.load(Path(out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     config = TrainConfig(**state["config"])
     score = build_score(config, state["size"])
     score.load_state_dict(state["model"])
+    if state.get("ema") is not None:
+        score.kernel.load_state_dict(state["ema"], strict=False)  # parameters only; buffers are constants
     return as_eps(score.to(device), config), config
 
 
@@ -254,6 +269,8 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     score = build_score(config, size)
     net = score.kernel.to(device, memory_format=memory)
     torch.manual_seed(stream_seed(config.seed, STREAMS, "noise", rank))
+    # The moving average, an fp32 copy of each parameter, updated after every optimizer step.
+    ema = {name: p.detach().clone() for name, p in net.named_parameters()} if config.ema else None
     if config.compile:
         net.compile()  # in place: the state_dict keys stay those of the plain network
     # Training goes through DDP (gradients averaged over processes); its buffers (the forcing channel,
@@ -283,6 +300,9 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
         score.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            for name, value in state["ema"].items():
+                ema[name].copy_(value)
         rng = state["rng"][rank]
         torch.set_rng_state(rng["torch"])
         if cuda and rng["cuda"] is not None:
@@ -318,16 +338,18 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
             x = torch.stack([epoch_set[i] for i in order[start:start + local_batch]])
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory)
             with autocast:
-                loss = sde.loss(x)
+                loss = sde.loss(x, weighting=config.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
+            if ema is not None:  # ema <- decay ema + (1 - decay) weights, in one fused call
+                torch._foreach_lerp_(list(ema.values()), [p.detach() for p in net.parameters()], 1 - config.ema)
             total += loss.detach() * len(x)  # accumulated on the device: no sync per step
         train_loss = global_mean(total, len(order))
-        valid_loss = global_mean(*_validate(valid_sde, net, valid_x, local_batch, device, memory, autocast,
+        valid_loss = global_mean(*_validate(valid_sde, net, valid_x, local_batch, device, memory, autocast, config.loss,
                                             stream_seed(config.seed, STREAMS, "valid-noise", rank)))
         row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=valid_loss, lr=lr,
                    seconds=time.perf_counter() - started)
@@ -348,7 +370,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
             rngs = [None] * world
             dist.all_gather_object(rngs, rng)
         if writer:
-            state = dict(model=score.state_dict(), optimizer=optimizer.state_dict(),
+            state = dict(model=score.state_dict(), ema=ema, optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), rng=rngs, epoch=epoch + 1, history=history,
                          config=dataclasses.asdict(config), data=data, size=size, world_size=world,
                          wandb_id=run.id if run is not None else wandb_id)
@@ -363,7 +385,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
 
 
 @torch.no_grad()
-def _validate(sde, model, x_all, batch, device, memory, autocast, seed) -> tuple[torch.Tensor, int]:
+def _validate(sde, model, x_all, batch, device, memory, autocast, weighting, seed) -> tuple[torch.Tensor, int]:
     """Sum of the per-batch VPSDE losses x batch sizes over this process's fixed validation windows.
 
     The noise (t, eps) comes from ``seed`` every epoch, inside ``fork_rng``: the training's random
@@ -376,7 +398,7 @@ def _validate(sde, model, x_all, batch, device, memory, autocast, seed) -> tuple
         for x in x_all.split(batch) if len(x_all) else ():  # (an empty tensor splits into one empty piece)
             x = x.to(device).contiguous(memory_format=memory)
             with autocast:
-                total += sde.loss(x).float() * len(x)
+                total += sde.loss(x, weighting=weighting).float() * len(x)
     return total, len(x_all)
 
 
@@ -420,6 +442,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--skip", action="store_true",
                         help="eps = sigma x/(mu^2+sigma^2) + mu F (not the original's; for short trainings; "
                              "default: the profile's, on for quick and full)")
+    parser.add_argument("--loss", choices=LOSS_WEIGHTINGS, default=None,
+                        help="loss weighting: eps (the original) or v (needs --skip; default: the profile's)")
+    parser.add_argument("--ema", type=float, default=None,
+                        help="decay of a moving average of the weights, e.g. 0.999 (default: the profile's)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
@@ -440,7 +466,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          channels_last=args.channels_last, compile=args.compile,
                          windows_per_trajectory=args.windows_per_trajectory or sizes.train_windows,
                          checkpoint_every=args.checkpoint_every or sizes.train_checkpoint_every,
-                         skip=args.skip or sizes.train_skip)
+                         skip=args.skip or sizes.train_skip, loss=args.loss or sizes.train_loss,
+                         ema=args.ema if args.ema is not None else sizes.train_ema)
     with closing_process_group():
         history = train(config, data, args.out, device=args.device, progress=not args.no_progress,
                         resume=not args.no_resume)
