@@ -259,7 +259,10 @@ if errors is not None:
 # `kan-sweeps.json` (`python -m labkit.bench kan-sweeps`). `bspline_labkit` runs on the layer's
 # uniform grid, where the kernels use a cheaper recursion for the bases (every basis is the
 # same polynomial, shifted); `bspline_labkit_adapted` moves the knots as `update_grid` would and
-# measures the general Cox-de Boor path.
+# measures the general Cox-de Boor path. The `_gemm` rows are labkit's second path for each layer
+# (`path="gemm"` in `labkit.kan.ops`): a Triton kernel writes the features of a block of inputs to
+# a buffer and cuBLAS multiplies, three TF32 products per product in fp32 (`labkit.kan.split_gemm`),
+# instead of computing the features inside the GEMM loop as the fused kernels do.
 
 # %%
 from labkit.bench import format_table, load_results
@@ -436,23 +439,40 @@ fig.tight_layout()
 # * Its speed claim for the B-spline layer ("optimised") is measured in the benchmark table:
 #   the document's formulation is the `bspline_seed` row. Its real cost is memory: it keeps the
 #   basis tensor and several intermediates of that size for the backward pass, about 8x the peak
-#   memory of `Linear+GELU` in bf16. labkit's kernels stay at the peak memory of `Linear+GELU`
-#   (B-spline) or well below it (Chebyshev), and in bf16 they are within the chapter's time
-#   budgets: at most 4x `Linear+GELU` for the B-spline layer and 2x for the Chebyshev layer.
-# * Two results in the table are not in labkit's favour. In fp32 the B-spline kernels, which
-#   keep fp32 accuracy by multiplying in three TF32 passes on the tensor cores, are slower than
-#   the document's formulation, whose large GEMMs cuBLAS runs well. And `torch.compile` of the
-#   document's formulation beats labkit's kernels in bf16 for both layers; for the B-spline
-#   layer it needs more than twice labkit's memory to do so.
+#   memory of `Linear+GELU` in bf16. labkit's kernels stay near the peak memory of `Linear+GELU`
+#   (B-spline) or well below it (Chebyshev).
+# * The chapter's time budgets are at most 4x `Linear+GELU` for the B-spline layer and 2x for the
+#   Chebyshev layer. In the committed run (an H100) only the B-spline layer's split-GEMM path meets
+#   its budget, and only in bf16 (3.8x, at 0.6x the memory); in fp32 it takes 5.6x. The fused
+#   B-spline kernels take 5.8x (bf16) and 15.6x (fp32), the Chebyshev kernels 3.0x and 3.4x. An
+#   earlier run timed `Linear+GELU` in bf16 at 0.77 ms, this one at 0.45 ms with the same layers
+#   near their earlier times, so the bf16 ratios grew: the budgets that run reported met are not.
+# * Against the alternatives the picture is mixed. The split-GEMM B-spline path is the fastest
+#   B-spline layer in the table in both dtypes: 1.5x faster than `torch.compile` of the document's
+#   formulation in fp32 (2.2x faster than the formulation itself) and 1.3x in bf16, with about half
+#   its memory or less. (pykan and inkan were not installed on the machine of this run; an
+#   earlier run measured inkan's compiled layer at 11.3 ms in fp32 and 1.70 ms in bf16.) The fused
+#   B-spline kernels, which generate the bases inside the GEMM loop, lose in fp32 even to the
+#   uncompiled document formulation, whose large GEMMs cuBLAS runs well. For the Chebyshev layer,
+#   `torch.compile` of the document's formulation beats labkit's kernels in bf16 (0.96 against
+#   1.36 ms), and the split-GEMM path is slower than the fused one in both dtypes. `KANLinear` still
+#   takes the fused path by default (`labkit.kan.ops.DEFAULT_BSPLINE_PATH`): switching waits until
+#   the chapters that train B-spline KANs have been re-run with the other one.
 
 
 # %% tags=["remove-cell"]
-# The claims of the two bullets above, checked against the committed benchmark file.
+# The claims of the three bullets above, checked against the committed benchmark file.
 row = {(r["impl"], r["dtype"]): r for r in head if r["status"] == "ok"}
-assert row["bspline_seed", "bf16"]["mem_vs_linear"] > 6
-assert row["bspline_labkit", "bf16"]["mem_vs_linear"] < 1.1 and row["cheby_labkit", "bf16"]["mem_vs_linear"] < 0.6
-assert row["bspline_labkit", "bf16"]["time_vs_linear"] <= 4 and row["cheby_labkit", "bf16"]["time_vs_linear"] <= 2
+ratio = lambda impl, dtype, key="time_vs_linear": row[impl, dtype][key]  # noqa: E731
+assert ratio("bspline_seed", "bf16", "mem_vs_linear") > 6
+assert ratio("bspline_labkit", "bf16", "mem_vs_linear") < 1.1 and ratio("cheby_labkit", "bf16", "mem_vs_linear") < 0.6
+assert ratio("bspline_labkit_gemm", "bf16") <= 4 < ratio("bspline_labkit_gemm", "fp32")
+assert ratio("bspline_labkit", "bf16") > 4 and ratio("cheby_labkit", "bf16") > 2 and ratio("cheby_labkit", "fp32") > 2
+for dtype in ("fp32", "bf16"):
+    fastest = min((r for r in head if r["status"] == "ok" and r["dtype"] == dtype
+                   and r["impl"].startswith(("bspline", "pykan", "inkan"))), key=lambda r: r["median_ms"])
+    assert fastest["impl"] == "bspline_labkit_gemm", (dtype, fastest["impl"])
+    assert row["cheby_labkit_gemm", dtype]["median_ms"] > row["cheby_labkit", dtype]["median_ms"]
+    assert row["bspline_seed_compiled", dtype]["peak_mib"] > 1.9 * row["bspline_labkit_gemm", dtype]["peak_mib"]
 assert row["bspline_labkit", "fp32"]["median_ms"] > row["bspline_seed", "fp32"]["median_ms"]
-for layer in ("bspline", "cheby"):
-    assert row[f"{layer}_seed_compiled", "bf16"]["median_ms"] < row[f"{layer}_labkit", "bf16"]["median_ms"]
-assert row["bspline_seed_compiled", "bf16"]["peak_mib"] > 2 * row["bspline_labkit", "bf16"]["peak_mib"]
+assert row["cheby_seed_compiled", "bf16"]["median_ms"] < row["cheby_labkit", "bf16"]["median_ms"]

@@ -7,7 +7,7 @@ grid). ``FEATURE_BUFFER_BYTES`` is shrunk so that the 19 inputs are processed in
 import pytest
 import torch
 
-from labkit.backend import cublas_allows_tf32, cublas_tf32, triton_available
+from labkit.backend import cublas_allows_tf32, cublas_tf32, interpret_mode, triton_available
 from labkit.kan.checks import relative_error
 
 from test_kan_triton_bspline import DEVICES, TOLERANCE, _make_case, _reference_with_grads, _triton_with_grads
@@ -111,6 +111,7 @@ def test_block_size_and_tf32_switch():
     assert cublas_allows_tf32() == before
 
 
+@pytest.mark.skipif(not interpret_mode(), reason="CPU tensors through the Triton backend need the interpreter")
 def test_dispatcher_path_and_bench_case():
     from labkit.kan import bench, ops
 
