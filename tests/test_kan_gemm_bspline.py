@@ -22,9 +22,11 @@ def _gemm():
     return gemm_bspline
 
 
-@pytest.fixture(params=["one block", "blocks of 16"])
+@pytest.fixture(params=["one block", "blocks of 16", "blocks of 16, stacked forward"])
 def blocks(request, monkeypatch):
-    if request.param == "blocks of 16":
+    if request.param.endswith("stacked forward"):
+        monkeypatch.setattr(_gemm(), "STACKED_FORWARD", True)
+    if request.param.startswith("blocks of 16"):
         # 37 rows x 9 features x 8 bytes (fp32, both halves) per input: room for 16 inputs
         from labkit.kan import split_gemm
 

@@ -85,15 +85,20 @@ class Product:
         product is rounded to 16 bits once and added to an fp32 ``out``."""
         (a_hi, a_lo), (b_hi, b_lo) = a, b
         terms = [(a_hi, b_hi)] + ([(a_hi, b_lo), (a_lo, b_hi)] if self.split else [])
-        with cublas_tf32() if self.tf32 else nullcontext():
-            for x, y in terms:
-                if out is None:
-                    out = x @ y
-                elif x.dtype == out.dtype:
-                    out.addmm_(x, y)
-                else:
-                    out += x @ y
+        for x, y in terms:
+            out = self.one(x, y, out)
         return out
+
+    def one(self, a: torch.Tensor, b: torch.Tensor, out=None):
+        """One GEMM ``a @ b`` (added to ``out`` when given), in TF32 when the layer uses it: for
+        operands that are split already, e.g. stacked halves."""
+        with cublas_tf32() if self.tf32 else nullcontext():
+            if out is None:
+                return a @ b
+            if a.dtype == out.dtype:
+                return out.addmm_(a, b)
+            out += a @ b
+            return out
 
     def element_bytes(self, compute_dtype: torch.dtype) -> int:
         """Bytes per feature in the buffer: two fp32 halves when split."""
