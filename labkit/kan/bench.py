@@ -8,8 +8,8 @@ in fp32 and in bf16 autocast:
 * the seed's formulations (efficient-kan B-spline; ChebyKAN with ``acos``), eager and
   under ``torch.compile``;
 * labkit's Triton kernels: the fused ones (``bspline_labkit``, also on knots moved as by
-  ``update_grid``) and the split-GEMM paths (``bspline_labkit_gemm``, ``cheby_labkit_gemm``: feature kernels
-  around cuBLAS);
+  ``update_grid``) and the split-GEMM paths (``bspline_labkit_gemm``, ``cheby_labkit_gemm``:
+  feature kernels around cuBLAS);
 * the public peers ``pykan`` and ``inkan`` where they are installed and fit in memory.
 
 Then sweeps of batch, width, grid size and degree for the Triton kernels against
@@ -133,8 +133,8 @@ def _with_ratios(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
 
 
 HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_labkit_adapted", "bspline_labkit_gemm", "bspline_seed",
-                  "bspline_seed_compiled", "pykan", "inkan", "inkan_eager", "cheby_labkit", "cheby_labkit_gemm", "cheby_seed", "cheby_recurrence",
-                  "cheby_seed_compiled")
+                  "bspline_seed_compiled", "pykan", "inkan", "inkan_eager", "cheby_labkit", "cheby_labkit_gemm",
+                  "cheby_seed", "cheby_recurrence", "cheby_seed_compiled")
 
 
 def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:

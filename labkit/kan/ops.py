@@ -16,14 +16,20 @@ from labkit.kan import reference
 # fitting, where fp32 bottoms out near 1e-6 RMSE) always takes the PyTorch path.
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-#: The B-spline layer's two Triton paths: "fused" (labkit.kan.triton_bspline: bases made
-#: inside the GEMM loop) and "gemm" (labkit.kan.gemm_bspline: feature kernels around cuBLAS).
-BSPLINE_PATHS = ("fused", "gemm")
-#: The path ``bspline_kan`` takes when none is named.
+#: Each layer's two Triton paths: "fused" (labkit.kan.triton_bspline / triton_chebyshev: features
+#: made inside the GEMM loop) and "gemm" (labkit.kan.gemm_bspline / gemm_chebyshev: feature
+#: kernels around cuBLAS).
+PATHS = ("fused", "gemm")
+#: The path ``bspline_kan`` / ``chebykan`` takes when none is named.
 DEFAULT_BSPLINE_PATH = "fused"
-#: The same two paths of the Chebyshev layer (labkit.kan.triton_chebyshev, labkit.kan.gemm_chebyshev).
-CHEBYSHEV_PATHS = BSPLINE_PATHS
 DEFAULT_CHEBYSHEV_PATH = "fused"
+
+
+def _path(path: str | None, default: str) -> str:
+    path = default if path is None else path
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
+    return path
 
 
 def _backend(backend: str, x: torch.Tensor, *tensors: torch.Tensor) -> str:
@@ -47,11 +53,9 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 def chebykan(x: torch.Tensor, coeffs: torch.Tensor, backend: str = "auto", path: str | None = None) -> torch.Tensor:
     """Chebyshev-KAN layer: ``sum_{i,d} T_d(tanh x_i) coeffs[i, o, d]``.
 
-    ``path`` picks the Triton implementation (:data:`CHEBYSHEV_PATHS`; None: :data:`DEFAULT_CHEBYSHEV_PATH`).
+    ``path`` picks the Triton implementation (:data:`PATHS`; None: :data:`DEFAULT_CHEBYSHEV_PATH`).
     """
-    path = DEFAULT_CHEBYSHEV_PATH if path is None else path
-    if path not in CHEBYSHEV_PATHS:
-        raise ValueError(f"path must be one of {CHEBYSHEV_PATHS} or None, got {path!r}")
+    path = _path(path, DEFAULT_CHEBYSHEV_PATH)
     if _backend(backend, x, coeffs) == "torch":
         return reference.chebykan_reference(x, coeffs)
     if path == "gemm":
@@ -83,11 +87,9 @@ def bspline_kan(
 ) -> torch.Tensor:
     """B-spline KAN layer with a SiLU base branch (efficient-kan semantics).
 
-    ``path`` picks the Triton implementation (:data:`BSPLINE_PATHS`; None: :data:`DEFAULT_BSPLINE_PATH`).
+    ``path`` picks the Triton implementation (:data:`PATHS`; None: :data:`DEFAULT_BSPLINE_PATH`).
     """
-    path = DEFAULT_BSPLINE_PATH if path is None else path
-    if path not in BSPLINE_PATHS:
-        raise ValueError(f"path must be one of {BSPLINE_PATHS} or None, got {path!r}")
+    path = _path(path, DEFAULT_BSPLINE_PATH)
     tensors = [grid, base_weight, spline_weight] + ([spline_scaler] if spline_scaler is not None else [])
     if _backend(backend, x, *tensors) == "torch":
         return reference.bspline_kan_reference(x, grid, base_weight, spline_weight, spline_scaler, spline_order)

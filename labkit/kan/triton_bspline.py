@@ -490,10 +490,9 @@ def _pack_weight_kernel(
     kernels (the product is taken in fp32 and rounded once). The loads run along the
     parameters' contiguous axes and the stores along W's (the outputs); Triton moves the
     tile between the two layouts through shared memory. ``PARAM_IN`` is the parameters' row
-    length (``IN`` for the whole weight): with a larger one the kernel packs a block of ``IN`` inputs
-    (pointers at its first input), as :mod:`labkit.kan.gemm_bspline` does.
+    length (``IN`` for the whole weight): with a larger one the kernel packs a block of ``IN``
+    inputs (pointers at its first input), as :mod:`labkit.kan.gemm_bspline` does.
     """
-
     outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     bases = tl.arange(0, BASES_POW2)
@@ -527,7 +526,6 @@ def _unpack_grads_kernel(
     and ``d base_weight = dW[0].T``. Weight-sized work, one pass. ``PARAM_IN`` as in
     :func:`_pack_weight_kernel`: the parameters' (and their gradients') row length.
     """
-
     outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     bases = tl.arange(0, BASES_POW2)
@@ -547,8 +545,8 @@ def _unpack_grads_kernel(
         spline = tl.load(spline_ptr + param_offsets, mask=ok3).to(tl.float32)
         scaler = tl.load(scaler_ptr + outs[:, None] * PARAM_IN + ins[None, :], mask=ok).to(tl.float32)
         d_scaler = tl.sum(d_spline * spline, axis=2)
-        tl.store(d_scaler_ptr + outs[:, None] * PARAM_IN + ins[None, :], d_scaler.to(d_scaler_ptr.dtype.element_ty),
-                 mask=ok)
+        tl.store(d_scaler_ptr + outs[:, None] * PARAM_IN + ins[None, :],
+                 d_scaler.to(d_scaler_ptr.dtype.element_ty), mask=ok)
         d_spline = d_spline * scaler[:, :, None]
     tl.store(d_spline_ptr + param_offsets, d_spline.to(d_spline_ptr.dtype.element_ty), mask=ok3)
 

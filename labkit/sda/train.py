@@ -269,8 +269,10 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     score = build_score(config, size)
     net = score.kernel.to(device, memory_format=memory)
     torch.manual_seed(stream_seed(config.seed, STREAMS, "noise", rank))
-    # The moving average, an fp32 copy of each parameter, updated after every optimizer step.
+    # The moving average, an fp32 copy of each parameter, updated after every optimizer step
+    # (the lists of averages and of weights are made once; both are updated in place).
     ema = {name: p.detach().clone() for name, p in net.named_parameters()} if config.ema else None
+    ema_pairs = (list(ema.values()), [p.detach() for p in net.parameters()]) if ema is not None else None
     if config.compile:
         net.compile()  # in place: the state_dict keys stay those of the plain network
     # Training goes through DDP (gradients averaged over processes); its buffers (the forcing channel,
@@ -345,12 +347,12 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
                 nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            if ema is not None:  # ema <- decay ema + (1 - decay) weights, in one fused call
-                torch._foreach_lerp_(list(ema.values()), [p.detach() for p in net.parameters()], 1 - config.ema)
+            if ema_pairs is not None:  # ema <- decay ema + (1 - decay) weights, in one fused call
+                torch._foreach_lerp_(*ema_pairs, 1 - config.ema)
             total += loss.detach() * len(x)  # accumulated on the device: no sync per step
         train_loss = global_mean(total, len(order))
-        valid_loss = global_mean(*_validate(valid_sde, net, valid_x, local_batch, device, memory, autocast, config.loss,
-                                            stream_seed(config.seed, STREAMS, "valid-noise", rank)))
+        valid_loss = global_mean(*_validate(valid_sde, net, valid_x, local_batch, device, memory, autocast,
+                                            config.loss, stream_seed(config.seed, STREAMS, "valid-noise", rank)))
         row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=valid_loss, lr=lr,
                    seconds=time.perf_counter() - started)
         history.append(row)
