@@ -411,22 +411,32 @@ else:
 # %% [markdown]
 # What the committed run on an H100 shows (rows of 8 x 1536, fp32):
 #
-# * **Forward against the copy.** At $L$ = 65,536 labkit's scan moves 2.86 TB/s, 95% of the
-#   copy's 3.03 TB/s: the target (90%) is met, and accelerated-scan's Triton scan is level with it
-#   (96%). The shorter the rows, the further both fall behind the copy: at 16,384 labkit reaches
-#   90% and accelerated-scan 92%, and at 4,096 labkit only 45% (0.47 ms against 0.27 ms for
-#   accelerated-scan, 77%). The CUDA warp scan stays near 75% at every length and `torch.cumsum`,
-#   which has no gates to read, near 53%.
-# * **Forward and backward against accelerated-scan.** labkit is 3-4% slower at the two long
-#   lengths (9.14 against 8.90 ms at 65,536; 2.34 against 2.25 ms at 16,384) and 19% slower at
-#   4,096 (0.73 against 0.59 ms), so the target "at least as fast" is not met. It is faster than
-#   the CUDA warp scan at the long lengths (9.74 and 2.42 ms). On an H200 (the committed
-#   `nvidia-h200/scan.json`) the same comparison came out at 1.006x at 65,536, 0.91x at 16,384 and
-#   0.70x at 4,096.
-# * **What the autotuner picked**: one row per program, chunks of 4,096 elements and 8 warps for
-#   the long rows; chunks of 2,048 at $L$ = 4,096 (with prefetching of the next chunk in the
-#   backward). The short rows are where work is left; why labkit's forward falls to 45% there,
-#   when accelerated-scan's keeps 77%, is not yet measured.
+# * **Forward against the copy.** At $L$ = 65,536 labkit's scan moves 2.90 TB/s, 96% of the
+#   copy's 3.02 TB/s: the target (90%) is met, and accelerated-scan's Triton scan is level with it
+#   (3.33 ms each). At 16,384 labkit reaches 92% of the copy and is 7% faster than
+#   accelerated-scan (0.88 against 0.94 ms); at 4,096, 79% (0.26 against 0.23 ms). The CUDA warp
+#   scan stays near 75% at every length and `torch.cumsum`, which has no gates to read, near 54%.
+# * **Forward and backward against accelerated-scan.** Level at 65,536 (8.93 ms each, 1.001x),
+#   3% slower at 16,384 (2.40 against 2.32 ms) and 22% slower at 4,096 (0.77 against 0.60 ms):
+#   the target "at least as fast" holds only at the longest length. labkit is faster than the
+#   CUDA warp scan at the long lengths (9.78 and 2.49 ms).
+# * **Where the short rows lose.** Each time above is one call that starts on an idle GPU, so
+#   the host's work before and between the kernels is on the clock. A diagnostic in the same
+#   session (`bench/diagnostics/host_and_buffers.py`, log beside the JSON) timed the forward +
+#   backward at $L$ = 4,096 three ways: one call, 0.81 ms for labkit against 0.62 ms for
+#   accelerated-scan; twenty calls back to back, 0.555 against 0.564 ms; replayed from a CUDA
+#   graph (the kernels alone), 0.540 against 0.555 ms. The kernels are as fast as
+#   accelerated-scan's; the difference is host time, 0.50 ms per call against 0.20 ms (measured
+#   while the GPU was kept busy). An earlier version of this paragraph blamed the forward kernel
+#   at 4,096 (45% of the copy): every explicit configuration of it reaches 99-101% of the copy's
+#   time there (`bench/diagnostics/scan_configs.py`), and the 0.47 ms measured then was host
+#   time as well. The entry point has since lost most of its host work (no broadcasting checks
+#   for equal shapes, no reshapes: the kernels take the $(B, C, L)$ tensors as they come); with
+#   the kernels stubbed out, a forward + backward call costs 74 µs of host time on a CPU where it
+#   cost 234 µs. That change is not yet timed on the GPU; the next run of the suite records all
+#   three clocks (`loop_ms`, `graph_ms`).
+# * **What the autotuner picked**: one row per program, chunks of 4,096 elements and 8 warps at
+#   every length, forward and backward (listed above).
 #
 # ## AR-SSM: a decaying state and gates that prune
 #

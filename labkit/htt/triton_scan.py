@@ -225,26 +225,36 @@ def _launch(tuned, raw, grid_rows: int, args: tuple, flags: dict, config: dict |
 
 
 def _check(name: str, t: torch.Tensor, ndim: int) -> None:
-    if t.dim() != ndim or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous {ndim}-D tensor, got shape {tuple(t.shape)} "
-                         f"(contiguous={t.is_contiguous()})")
+    """``t`` is contiguous with at least ``ndim`` dimensions: its rows are ``t.numel() // t.shape[-1]``."""
+    if t.dim() < ndim or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous tensor with at least {ndim} dimension(s), got shape "
+                         f"{tuple(t.shape)} (contiguous={t.is_contiguous()})")
+
+
+def _check_h0(h0: torch.Tensor, rows: int) -> None:
+    if not h0.is_contiguous() or h0.numel() != rows:
+        raise ValueError(f"h0 must be a contiguous tensor with one element per row ({rows}), got shape "
+                         f"{tuple(h0.shape)} (contiguous={h0.is_contiguous()})")
 
 
 def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
                  config: dict | None = None) -> torch.Tensor:
-    """``h`` of shape ``(R, L)`` in ``b``'s dtype for contiguous ``(R, L)`` ``a`` and ``b``.
+    """``h`` of ``b``'s shape and dtype for contiguous ``a`` and ``b`` of shape ``(..., L)``.
 
-    ``h0`` is ``None`` or a contiguous ``(R,)`` tensor (any float dtype; read as fp32).
+    Every leading index is one row: ``(R, L)`` or, without a reshape on the caller's side (each
+    costs host time on every call), ``(B, C, L)``. ``h0`` is ``None`` or a contiguous tensor of
+    ``R`` elements, one per row (any float dtype; read as fp32).
     """
-    _check("a", a, 2)
-    _check("b", b, 2)
+    _check("a", a, 1)
+    _check("b", b, 1)
     if a.shape != b.shape or a.dtype != b.dtype or b.dtype not in KERNEL_DTYPES:
         raise ValueError(f"a and b must share shape and a dtype in {KERNEL_DTYPES}; got {tuple(a.shape)} "
                          f"{a.dtype} and {tuple(b.shape)} {b.dtype}")
-    rows, length = b.shape
+    length = b.shape[-1]
+    rows = b.numel() // length if length else 0
     h = torch.empty_like(b)
     if h0 is not None:
-        _check("h0", h0, 1)
+        _check_h0(h0, rows)
     if b.numel() == 0:
         return h
     args = (a, b, h0 if h0 is not None else b, h, rows, length, tuning_bucket(rows), tuning_bucket(length))
@@ -257,19 +267,21 @@ def scan_backward(a: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, h0: torch.
                   ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """``(da, db, dh0)`` from the saved ``a``, ``h`` (forward output) and the output gradient ``dh``.
 
-    All ``(R, L)`` and contiguous (``h0``: ``(R,)``). ``da`` and ``db`` come in ``a``'s dtype,
-    ``dh0`` in fp32; ``da`` is ``None`` unless ``need_da``, ``dh0`` unless ``need_dh0``.
+    All of one shape ``(..., L)`` and contiguous (``h0``: one element per row, as in
+    :func:`scan_forward`). ``da`` and ``db`` come in ``a``'s shape and dtype, ``dh0`` in fp32 with
+    ``R`` elements; ``da`` is ``None`` unless ``need_da``, ``dh0`` unless ``need_dh0``.
     """
     for name, t in (("a", a), ("h", h), ("dh", dh)):
-        _check(name, t, 2)
+        _check(name, t, 1)
         if t.shape != a.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(a.shape)}")
-    rows, length = a.shape
+    length = a.shape[-1]
+    rows = a.numel() // length if length else 0
     db = torch.empty_like(a)
     da = torch.empty_like(a) if need_da else None
     dh0 = torch.zeros(rows, device=a.device, dtype=torch.float32) if need_dh0 else None
     if h0 is not None:
-        _check("h0", h0, 1)
+        _check_h0(h0, rows)
     if a.numel() == 0:
         return da, db, dh0
     args = (a, h, h0 if h0 is not None else a, dh, da if need_da else db, db, dh0 if need_dh0 else db,

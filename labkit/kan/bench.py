@@ -14,6 +14,13 @@ in fp32 and in bf16 autocast:
 
 Then sweeps of batch, width, grid size and degree for the Triton kernels against
 ``Linear+GELU`` (bf16), which the chapter plots.
+
+``median_ms`` (and every ratio) times one step that starts on an idle GPU: the host's time to
+issue the step's kernels counts wherever the GPU waits for it. The headline rows also carry
+``loop_ms`` (steps back to back: the steady state of a training loop, where the host runs
+ahead) and ``graph_ms`` (the step replayed from a CUDA graph: the kernels alone). On the H100
+the bf16 Linear+GELU step is 0.46 ms per call but 0.20 ms of kernels: at this size bf16 is
+bound by the host for every layer (bench/diagnostics/host_and_buffers.py).
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from labkit.bench.harness import KeepRowsOnInterrupt, peak_memory_mib, time_fn
+from labkit.bench.harness import KeepRowsOnInterrupt, peak_memory_mib, time_fn, time_graph, time_loop
 from labkit.kan import ops, reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -90,23 +97,36 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
     raise ValueError(f"unknown implementation {impl!r}")
 
 
-def measure(impl: str, dtype: str, rows: int, d_in: int, d_out: int, device, repeats: int, **shape) -> dict:
-    """Time and peak memory of forward+backward; errors (OOM, missing package) become a status."""
+def make_step(impl: str, dtype: str, rows: int, d_in: int, d_out: int, device, **shape) -> Callable[[], None]:
+    """One forward + backward of ``impl`` on fixed random inputs (``dtype`` 'fp32' or 'bf16' autocast)."""
+    forward, params = make_case(impl, rows, d_in, d_out, device, **shape)
+    x = (torch.rand(rows, d_in, device=device) * 2 - 1).requires_grad_()  # inside the grid [-1, 1]
+    dy = torch.randn(rows, d_out, device=device, dtype=DTYPES[dtype])
+
+    def step():
+        for t in [x, *params]:
+            t.grad = None  # gradients are allocated inside every step, for every implementation
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            y = forward(x)
+        y.backward(dy.to(y.dtype))
+
+    return step
+
+
+def measure(impl: str, dtype: str, rows: int, d_in: int, d_out: int, device, repeats: int, clocks: bool = False,
+            **shape) -> dict:
+    """Time and peak memory of forward+backward; errors (OOM, missing package) become a status.
+
+    ``clocks``: also ``loop_ms`` and ``graph_ms`` on CUDA (see the module docstring)."""
     row = {"impl": impl, "dtype": dtype, "rows": rows, "in": d_in, "out": d_out, **shape}
     try:
-        forward, params = make_case(impl, rows, d_in, d_out, device, **shape)
-        x = (torch.rand(rows, d_in, device=device) * 2 - 1).requires_grad_()  # inside the grid [-1, 1]
-        dy = torch.randn(rows, d_out, device=device, dtype=DTYPES[dtype])
-
-        def step():
-            for t in [x, *params]:
-                t.grad = None  # gradients are allocated inside every step, for every implementation
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-                y = forward(x)
-            y.backward(dy.to(y.dtype))
-
+        step = make_step(impl, dtype, rows, d_in, d_out, device, **shape)
         row.update(time_fn(step, device, warmup=3, repeats=repeats))
         row["peak_mib"] = peak_memory_mib(step, device)
+        if clocks and device.type == "cuda":
+            row["loop_ms"] = time_loop(step, device)["median_ms"]
+            graph = time_graph(step, device)
+            row["graph_ms"] = graph["median_ms"] if graph else None
         row["status"] = "ok"
     except torch.cuda.OutOfMemoryError:
         row["status"] = "out of memory"
@@ -127,6 +147,9 @@ def _with_ratios(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
         b = base.get(key(r))
         if b is not None and r["status"] == "ok":
             r["time_vs_linear"] = r["median_ms"] / b["median_ms"]
+            for clock in ("loop_ms", "graph_ms"):
+                if r.get(clock) and b.get(clock):
+                    r[f"{clock[:-3]}_vs_linear"] = r[clock] / b[clock]
             if r.get("peak_mib") and b.get("peak_mib"):
                 r["mem_vs_linear"] = r["peak_mib"] / b["peak_mib"]
     return rows
@@ -151,7 +174,8 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
             shape = {"grid_size": 5, "spline_order": 3} if impl.startswith(("bspline", "pykan", "inkan")) else {}
             if impl.startswith("cheby"):
                 shape = {"degree": 3}
-            results.append({"sweep": "headline", **measure(impl, dt, rows, d_in, d_out, device, repeats, **shape)})
+            results.append({"sweep": "headline", **measure(impl, dt, rows, d_in, d_out, device, repeats, clocks=True,
+                                                           **shape)})
     config["interrupted"] = stop.interrupted
     return config, _with_ratios(results, _ratio_key)
 

@@ -25,8 +25,15 @@ one exact fp32 GEMM. 16-bit operands take one GEMM each.
 
 Everything is tested against the PyTorch reference in ``tests/test_kan_gemm_bspline.py``
 (on the CPU the GEMMs are exact fp32 matmuls and the kernels run in Triton's interpreter).
-Not yet timed on a GPU: :data:`labkit.kan.ops.DEFAULT_BSPLINE_PATH` stays ``"fused"`` until
-the ``kan`` suite (rows ``bspline_labkit_gemm``) has compared the two side by side.
+
+On an H100 at 4096 x 768 -> 3072 (forward + backward, one call; ``kan.json`` and
+bench/diagnostics/host_and_buffers.py) this path is the fastest B-spline layer measured: with
+the 128 MiB feature buffer 6.93 ms in fp32 and 1.36 ms in bf16, against 22.4 / 2.6 ms for the
+fused kernels and 11.9 / 2.2 ms for the seed's formulation under ``torch.compile``
+(Linear+GELU: 1.44 / 0.46 ms). In fp32 the GEMMs are almost all of it (6.6 of 7.3 ms of GPU
+time at the 32 MiB buffer, bench/diagnostics/gemm_profile.py): 3xTF32 does three times a
+plain GEMM's work. :data:`labkit.kan.ops.DEFAULT_BSPLINE_PATH` is still ``"fused"``: the
+chapters' B-spline runs were made with it, and switching means running them again.
 """
 from __future__ import annotations
 
@@ -44,8 +51,9 @@ from labkit.kan.triton_bspline import (
 _BASES_PER_STEP = 4  # bases computed (and stored) per step of the feature kernels' loop
 #: fp32 forward as one GEMM over the stacked operands [F_hi | F_hi | F_lo] @ [W_hi; W_lo; W_hi]
 #: (K three times longer) instead of three GEMMs that each read and write y: the same products,
-#: a third of the output traffic, 1.5x the feature buffer. Off until timed on a GPU
-#: (tmp_diag/gemm_profile.py compares the two).
+#: a third of the output traffic, 1.5x the feature buffer. Off: on an H100 it saved 0.25-0.66
+#: ms of ~7 (bench/diagnostics/host_and_buffers.py), but at the 128 MiB buffer its 1.5x buffer
+#: takes the layer's peak memory to 2.2x Linear+GELU's, over the issue's 2x.
 STACKED_FORWARD = False
 
 
@@ -149,8 +157,8 @@ class _BSplineKANGemm(torch.autograd.Function):
         m, n_in = x.shape
         n_out, _, n_bases = spline_weight.shape
         blocks = split_gemm.input_blocks(m, n_in, n_bases + 1, product.element_bytes(compute_dtype))
-        # The blocks' products are summed in fp32 (16-bit ones rounded once each) and y is
-        # rounded to the compute dtype at the end.
+        # The blocks' products are summed in fp32 (on the CPU 16-bit ones are rounded once each
+        # first) and y is rounded to the compute dtype at the end.
         y = torch.zeros((m, n_out), device=x.device, dtype=torch.float32) if len(blocks) > 1 else None
         stack = STACKED_FORWARD and product.split
         for i0, i1 in blocks:

@@ -12,11 +12,14 @@ Backward: ``dfeatures = dy @ W_block.T`` and ``dW_block = features.T @ dy`` by c
 features recomputed, not saved), and a Triton kernel mixes ``dfeatures`` into ``dx`` with
 ``T_d'(t) = d U_{d-1}(t)`` and ``1 - tanh^2``, both bounded: finite for every finite x.
 
-On an H100 the fused kernels took 4.94 ms in fp32 at 4096 x 768 -> 3072, degree 3 (Linear+GELU
-1.47 ms; the issue asks for at most 2x). fp32 there is 3xTF32 in Triton's ``tl.dot``; here it
-is three cuBLAS TF32 GEMMs. Tested on the CPU (``tests/test_kan_gemm_chebyshev.py``), not
-yet timed on a GPU; :data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` stays ``"fused"`` until the
-``kan`` suite (rows ``cheby_labkit_gemm``) has compared the two.
+fp32 is 3xTF32 here too, as three cuBLAS TF32 GEMMs. Tested on the CPU
+(``tests/test_kan_gemm_chebyshev.py``) and on an H100, where at 4096 x 768 -> 3072, degree 3
+(forward + backward, bench/diagnostics/host_and_buffers.py) it took 3.19 ms in fp32 and 1.01
+ms in bf16 per call with a 64 MiB buffer (half of :data:`split_gemm.FEATURE_BUFFER_BYTES`),
+against 5.05 / 1.26 ms for the fused kernels and 1.44 / 0.46 ms for Linear+GELU. Back to
+back (a training loop's steady state) the ratios to Linear+GELU are 1.97x in fp32 and 2.2x in
+bf16. :data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` is still ``"fused"``: chapters 1 and 2
+were run with it.
 """
 from __future__ import annotations
 
@@ -94,14 +97,21 @@ class _ChebyKANGemm(torch.autograd.Function):
         # Half the B-spline path's buffer: the issue allows this layer 1.5x Linear+GELU's memory
         # (not 2x), and the split dy (two fp32 copies) already takes most of that.
         blocks = split_gemm.input_blocks(m, n_in, degree, product.element_bytes(dtype), share=0.5) if degree else []
-        y = coeffs[:, :, 0].sum(dim=0, dtype=torch.float32).expand(m, n_out).contiguous()  # T_0 = 1: the bias
+        bias = coeffs[:, :, 0].sum(dim=0, dtype=torch.float32)  # T_0 = 1
+        ctx.save_for_backward(x, coeffs)
+        ctx.product, ctx.blocks, ctx.dtype = product, blocks, dtype
         with _device_guard(x):
+            if len(blocks) == 1 and not product.split:
+                # One GEMM with the bias in its epilogue, rounded once to dtype: two kernels
+                # (an fp32 y filled with the bias, its cast at the end) fewer, which shows
+                # where the host's launches set the pace (bf16 at the benchmark's size).
+                features, _ = _features(x, degree, dtype, False)
+                return product.one(features, _block_weight(coeffs, 0, n_in, dtype), bias=bias.to(dtype))
+            y = bias.expand(m, n_out).contiguous()
             for i0, i1 in blocks:
                 features = _features(x[:, i0:i1], degree, dtype, product.split)
                 y = product(features, product.parts(_block_weight(coeffs, i0, i1, dtype)), out=y)
                 del features
-        ctx.save_for_backward(x, coeffs)
-        ctx.product, ctx.blocks, ctx.dtype = product, blocks, dtype
         return y.to(dtype)
 
     @staticmethod
@@ -112,7 +122,8 @@ class _ChebyKANGemm(torch.autograd.Function):
         m, _ = x.shape
         degree = coeffs.shape[2] - 1
         dy_parts = product.parts(dy.to(dtype).contiguous())
-        dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        # Every block writes its columns of dx; only a layer without blocks (degree 0) has none.
+        dx = (torch.empty_like(x) if ctx.blocks else torch.zeros_like(x)) if ctx.needs_input_grad[0] else None
         dcoeffs = None
         if ctx.needs_input_grad[1]:
             dcoeffs = torch.empty_like(coeffs)

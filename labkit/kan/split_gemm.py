@@ -22,10 +22,14 @@ import triton.language as tl
 from labkit.backend import cublas_tf32, interpret_mode, patch_triton_interpreter
 
 #: Bytes of the feature buffer of one block of inputs (both TF32 halves in fp32). At 4096
-#: rows and 9 features (B-spline, G = 5, k = 3) in fp32 that is 112 inputs per block, a GEMM
-#: with K = 1008: large enough for cuBLAS, small enough that the layer's extra memory stays
-#: within twice Linear+GELU's.
-FEATURE_BUFFER_BYTES = 32 * 2**20
+#: rows and 9 features (B-spline, G = 5, k = 3) in fp32 that is 448 inputs per block (two
+#: blocks for 768 inputs), GEMMs with K = 4032. An H100 sweep at 4096 x 768 -> 3072
+#: (bench/diagnostics/host_and_buffers.py) chose it: with 32 MiB (112 inputs, K = 1008) the
+#: weight-gradient GEMM (1008 x 3072 outputs) filled 96 tiles of 132 SMs and ran at 180
+#: TFLOP/s; fp32 forward + backward took 8.52 ms, with 64 MiB 7.35 and with 128 MiB 6.93 ms,
+#: bf16 1.72 / 1.40 / 1.36 ms. Peak memory rose from 207 to 350 MiB in fp32 (Linear+GELU: 192;
+#: the issue allows twice that) and from 87 to 119 MiB in bf16.
+FEATURE_BUFFER_BYTES = 128 * 2**20
 INPUT_ALIGN = 16  # blocks of inputs are multiples of this: 16-byte aligned GEMM operands
 FEATURE_BLOCK_M, FEATURE_BLOCK_I = 64, 32  # the (rows, inputs) tile of the feature kernels
 
@@ -82,22 +86,25 @@ class Product:
 
     def __call__(self, a, b, out=None):
         """``a @ b``, added to ``out`` when given; ``a`` and ``b`` are (hi, lo) pairs. A 16-bit
-        product is rounded to 16 bits once and added to an fp32 ``out``."""
+        product is added to an fp32 ``out`` in fp32 (on the CPU: rounded to 16 bits first)."""
         (a_hi, a_lo), (b_hi, b_lo) = a, b
         terms = [(a_hi, b_hi)] + ([(a_hi, b_lo), (a_lo, b_hi)] if self.split else [])
         for x, y in terms:
             out = self.one(x, y, out)
         return out
 
-    def one(self, a: torch.Tensor, b: torch.Tensor, out=None):
-        """One GEMM ``a @ b`` (added to ``out`` when given), in TF32 when the layer uses it: for
-        operands that are split already, e.g. stacked halves."""
+    def one(self, a: torch.Tensor, b: torch.Tensor, out=None, bias=None):
+        """One GEMM ``a @ b`` (added to ``out``, or with a 1-D ``bias`` of ``a``'s dtype added
+        to each row, when given), in TF32 when the layer uses it: for operands that are split
+        already, e.g. stacked halves, and for unsplit ones."""
         with cublas_tf32() if self.tf32 else nullcontext():
             if out is None:
-                return a @ b
+                return a @ b if bias is None else torch.addmm(bias, a, b)
             if a.dtype == out.dtype:
                 return out.addmm_(a, b)
-            out += a @ b
+            if out.is_cuda:  # 16-bit operands, fp32 result: cuBLAS adds into out (no 16-bit product, no add kernel)
+                return torch.addmm(out, a, b, out_dtype=out.dtype)
+            out += a @ b  # the CPU has no mixed-dtype addmm
             return out
 
     def element_bytes(self, compute_dtype: torch.dtype) -> int:
