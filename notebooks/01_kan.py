@@ -458,6 +458,19 @@ fig.tight_layout()
 #   1.36 ms), and the split-GEMM path is slower than the fused one in both dtypes. `KANLinear` still
 #   takes the fused path by default (`labkit.kan.ops.DEFAULT_BSPLINE_PATH`): switching waits until
 #   the chapters that train B-spline KANs have been re-run with the other one.
+# * **Since this run.** The split-GEMM paths now use a 128 MiB feature buffer (32 MiB when the
+#   table above was recorded), and cuBLAS adds their 16-bit products straight into fp32. A
+#   diagnostic on an H100 (`bench/diagnostics/host_and_buffers.py`; its log is committed beside
+#   the JSON) measured one call of each:
+#   * the B-spline layer: 6.93 ms in fp32 (4.8x `Linear+GELU`'s 1.44 ms) and 1.36 ms in bf16
+#     (2.9x its 0.46 ms), at 1.8x and 0.8x its peak memory;
+#   * ChebyKAN: 3.19 ms (2.2x) and 1.01 ms (2.2x). That is faster than the fused Chebyshev
+#     kernels (5.05 and 1.26 ms).
+#
+#   The same run also timed steps back to back and replayed them from a CUDA graph. In bf16 at
+#   this size every layer is bound by the host: `Linear+GELU` takes 0.46 ms per call but 0.20 ms
+#   of kernels. Back to back, ChebyKAN takes 1.97x `Linear+GELU` in fp32. The table will show all
+#   of this once the suite runs again.
 
 
 # %% tags=["remove-cell"]
