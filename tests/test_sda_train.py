@@ -105,6 +105,24 @@ def test_skip_option(data, tmp_path):
         assert score(torch.randn(1, 7, 2, 16, 16), 1.0).shape == (1, 7, 2, 16, 16)
 
 
+def test_skip_with_the_data_spectrum(data, tmp_path):
+    """skip_spectrum: the skip gets the training states' power spectrum, kept in the checkpoint."""
+    from labkit.sda.data import read_split
+    from labkit.sda.score import GaussianSkip, power_spectrum
+
+    with pytest.raises(ValueError, match="needs skip=True"):
+        TrainConfig(skip_spectrum=True, **TINY)
+    history = train(TrainConfig(epochs=1, skip=True, skip_spectrum=True, **TINY), data, tmp_path, device="cpu",
+                    progress=False)
+    assert math.isfinite(history[-1]["valid_loss"])
+    score, config = load_score(tmp_path)
+    assert config.skip_spectrum and isinstance(score, GaussianSkip)
+    states, _ = read_split(data / "train.h5")
+    torch.testing.assert_close(score.spectrum, power_spectrum(torch.as_tensor(states)))
+    with torch.no_grad():
+        assert torch.isfinite(score(torch.randn(1, 7, 2, 16, 16), 1.0)).all()
+
+
 def test_v_loss_and_ema(data, tmp_path):
     """loss='v' with skip trains; the moving average is checkpointed, resumed exactly, and what load_score gives."""
     config = TrainConfig(epochs=3, skip=True, loss="v", ema=0.9, lr=3e-3, **TINY)

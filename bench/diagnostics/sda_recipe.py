@@ -2,9 +2,10 @@
 
 Per variant: train exactly the full profile's recipe (50 epochs, batch 128, 16 windows per trajectory),
 then 2 unconditional 64-state trajectories (256 steps, 1 correction, tau 0.5) -> std and E(k) ratio
-k = 1..16, and the coarse scenario's SDA residual. A variant is LOSS[:EMA][@LR], e.g. ``v:0.999@8e-4``.
+k = 1..16, and the coarse scenario's SDA residual. A variant is LOSS[:EMA][@LR][+spec], e.g.
+``v:0.999@8e-4`` (``+spec``: the skip with the training data's power spectrum).
 Usage: python3 bench/diagnostics/sda_recipe.py eps v@8e-4   (SCALE_PROFILE / SCALE_DEVICE /
-SCALE_EPOCHS / SCALE_STEPS shrink it for a CPU smoke run)
+SCALE_EPOCHS / SCALE_STEPS / SCALE_CORRECTIONS / SCALE_TRAJECTORIES shrink it for a CPU run)
 """
 import json, os, sys, time
 import numpy as np
@@ -20,9 +21,11 @@ cfg = profile(os.environ.get("SCALE_PROFILE", "full")).sda
 dev = os.environ.get("SCALE_DEVICE", "cuda")
 epochs = int(os.environ.get("SCALE_EPOCHS", cfg.train_epochs))
 steps = int(os.environ.get("SCALE_STEPS", 256))
-spec = DatasetSpec(trajectories=cfg.trajectories, size=cfg.size, factor=cfg.factor, spinup=cfg.spinup,
+corrections = int(os.environ.get("SCALE_CORRECTIONS", 1))
+trajectories = int(os.environ.get("SCALE_TRAJECTORIES", cfg.trajectories))
+spec = DatasetSpec(trajectories=trajectories, size=cfg.size, factor=cfg.factor, spinup=cfg.spinup,
                    length=cfg.length)
-folder = f"/tmp/kf_{cfg.size}_{cfg.trajectories}"
+folder = f"/tmp/kf_{cfg.size}_{trajectories}"
 t0 = time.time()
 generate(folder, spec, batch=cfg.batch, device=dev, progress=False)
 print(f"data {time.time() - t0:.0f} s", flush=True)
@@ -31,21 +34,21 @@ valid, _ = read_split(f"{folder}/valid.h5")
 held = np.concatenate([valid, test])
 _, e_data = stats.energy_spectrum(held)
 for variant in sys.argv[1:]:
-    variant_head, _, lr = variant.partition("@")  # "v:0.99@8e-4": loss, EMA decay, learning rate
+    variant_head, _, lr = variant.removesuffix("+spec").partition("@")  # "v:0.99@8e-4": loss, EMA decay, lr
     loss, _, ema = variant_head.partition(":")
     config = TrainConfig(epochs=epochs, batch_size=cfg.train_batch, hidden_channels=cfg.hidden_channels,
                          hidden_blocks=cfg.hidden_blocks, windows_per_trajectory=cfg.train_windows,
                          checkpoint_every=cfg.train_checkpoint_every, skip=True, loss=loss,
                          ema=float(ema) if ema else None, channels_last=dev == "cuda",
-                         lr=float(lr) if lr else TrainConfig.lr)
+                         lr=float(lr) if lr else TrainConfig.lr, skip_spectrum=variant.endswith("+spec"))
     t0 = time.time()
     history = train(config, folder, f"/tmp/run_{variant}", device=dev, progress=False, resume=False)
-    out = dict(variant=variant, train_s=round(time.time() - t0, 1), valid_loss=history[-1]["valid_loss"])
+    out = dict(variant=variant, steps=steps, corrections=corrections, train_s=round(time.time() - t0, 1), valid_loss=history[-1]["valid_loss"])
     score, _ = load_score(f"/tmp/run_{variant}", device=dev)
     score.eval()
     torch.manual_seed(1)
     t0 = time.time()
-    x = VPSDE(score, (cfg.sample_length, 2, 64, 64)).to(dev).sample((2,), steps=steps, corrections=1, tau=0.5, progress=False)
+    x = VPSDE(score, (cfg.sample_length, 2, 64, 64)).to(dev).sample((2,), steps=steps, corrections=corrections, tau=0.5, progress=False)
     x = x.float().cpu()
     _, e_s = stats.energy_spectrum(x)
     r = e_s / e_data
@@ -55,6 +58,6 @@ for variant in sys.argv[1:]:
     truth = torch.as_tensor(test[1, :scenario.length]).to(dev)
     y = observe(scenario, truth, torch.Generator().manual_seed(1))
     torch.manual_seed(0)
-    post = assimilate(score, y, scenario, "sda", steps=steps, corrections=1, progress=False)
+    post = assimilate(score, y, scenario, "sda", steps=steps, corrections=corrections, progress=False)
     out["coarse_sda_residual"] = round(residual_std(scenario, post, y).item(), 4)
     print(json.dumps(out), flush=True)

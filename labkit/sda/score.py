@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 
 from labkit.sda.flow import KolmogorovFlow
 
-__all__ = ["ALPHAS", "VPSDE", "schedule_table", "SEED_TABLE", "GaussianSkip", "GaussianScore", "DPSGaussianScore",
-           "coarse_observation", "subsample", "saturating_vorticity"]
+__all__ = ["ALPHAS", "VPSDE", "schedule_table", "SEED_TABLE", "GaussianSkip", "power_spectrum", "GaussianScore",
+           "DPSGaussianScore", "coarse_observation", "subsample", "saturating_vorticity"]
 
 ALPHAS = ("cos", "lin", "exp")
 
@@ -215,6 +215,22 @@ class VPSDE(nn.Module):
         return x.reshape(shape + self.shape)
 
 
+def power_spectrum(states: torch.Tensor, channels: int = 2) -> torch.Tensor:
+    """``E |rfft2(x)|^2`` per channel and wavevector of ``states`` of shape ``(..., channels, H, W)``.
+
+    Orthonormal FFT: white noise of unit variance has 1 at every wavevector, and the mean over
+    wavevectors (counting the halved ones twice) is the per-pixel variance. Returns
+    ``(channels, H, W // 2 + 1)`` in float32: what :class:`GaussianSkip` takes as ``spectrum``.
+    """
+    if states.dim() < 3 or states.shape[-3] != channels:
+        raise ValueError(f"states must be (..., {channels}, H, W), got shape {tuple(states.shape)}")
+    x = states.reshape(-1, *states.shape[-3:]).float()
+    power = torch.zeros(x.shape[-3], x.shape[-2], x.shape[-1] // 2 + 1, dtype=torch.float64)
+    for chunk in x.split(256):  # bounded memory for a whole data set
+        power += torch.fft.rfft2(chunk, norm="ortho").abs().square().sum(0, dtype=torch.float64)
+    return (power / x.shape[0]).float()
+
+
 class GaussianSkip(nn.Module):
     """An epsilon network with a skip: eps(x_t, t) = sigma x_t / (mu^2 + sigma^2) + mu F(x_t, t).
 
@@ -227,20 +243,49 @@ class GaussianSkip(nn.Module):
     an eps-prediction at low noise, like EDM's preconditioning). The loss is unchanged.
     The term is elementwise, so wrapping a window network or the whole-trajectory MCScoreNet is
     the same function.
+
+    ``spectrum`` (``TrainConfig.skip_spectrum``): the first term becomes the exact eps of
+    stationary Gaussian data with that power spectrum (:func:`power_spectrum` of the training
+    states), mode by mode in Fourier space: ``sigma x_hat(k) / (mu^2 P(k) + sigma^2)``. White
+    unit-variance data (P = 1) gives back the term above. A flow's energy sits in its large
+    scales, which white noise underweights; with the data's spectrum the skip alone already
+    samples fields with the data's spectrum, and F only adds what is not Gaussian. The term acts
+    on each state separately, so it too is the same for windows and whole trajectories: the
+    channel axis holds the states' channels one state after the other (``(..., n * C, H, W)``
+    or ``(..., n, C, H, W)``).
     """
 
-    def __init__(self, net: nn.Module, alpha: str = "cos", eta: float = 1e-3):
+    def __init__(self, net: nn.Module, alpha: str = "cos", eta: float = 1e-3, spectrum: torch.Tensor | None = None):
         super().__init__()
         _check_schedule(alpha, eta)
         self.net, self.alpha, self.eta = net, alpha, float(eta)
+        if spectrum is not None:
+            spectrum = torch.as_tensor(spectrum, dtype=torch.float32)
+            if spectrum.dim() != 3 or not torch.all(torch.isfinite(spectrum)) or torch.any(spectrum < 0):
+                raise ValueError("spectrum must be a finite, non-negative (channels, H, W // 2 + 1) tensor "
+                                 f"(labkit.sda.score.power_spectrum), got shape {tuple(spectrum.shape)}")
+        self.register_buffer("spectrum", spectrum, persistent=False)
 
     def forward(self, x: torch.Tensor, t, c=None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         mu = _mu(t, self.alpha, self.eta)
         sigma = _sigma(mu, self.eta)
-        mu, sigma = _expand(mu, x), _expand(sigma, x)
         out = _call(self.net, x, t, c)
-        return (sigma / (mu**2 + sigma**2)) * x + mu * out
+        if self.spectrum is None:
+            mu, sigma = _expand(mu, x), _expand(sigma, x)
+            return (sigma / (mu**2 + sigma**2)) * x + mu * out
+        return self._gaussian_eps(x, mu, sigma) + _expand(mu, x) * out
+
+    def _gaussian_eps(self, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        channels, height, half = self.spectrum.shape
+        if x.shape[-2:] != (height, 2 * (half - 1)) or x.shape[-3] % channels:
+            raise ValueError(f"x of shape {tuple(x.shape)} does not fit the skip's spectrum {tuple(self.spectrum.shape)}: "
+                             f"states of {channels} channels of {height} x {2 * (half - 1)} expected")
+        states = x.float().unflatten(-3, (-1, channels))  # (..., n, C, H, W)
+        mu, sigma = _expand(mu, states), _expand(sigma, states)
+        modes = torch.fft.rfft2(states, norm="ortho")
+        eps = torch.fft.irfft2(sigma * modes / (mu**2 * self.spectrum + sigma**2), s=(height, x.shape[-1]), norm="ortho")
+        return eps.flatten(-4, -3)
 
 
 class GaussianScore(nn.Module):

@@ -49,7 +49,7 @@ from labkit.runs import (check_resumable, closing_process_group, csv_line, join_
                          stream_seed, torchrun_world, write_text)
 from labkit.sda.data import DatasetSpec, TrajectoryDataset
 from labkit.sda.nn import MCScoreNet, make_score, parameter_count
-from labkit.sda.score import ALPHAS, LOSS_WEIGHTINGS, VPSDE, GaussianSkip
+from labkit.sda.score import ALPHAS, LOSS_WEIGHTINGS, VPSDE, GaussianSkip, power_spectrum
 
 __all__ = ["TrainConfig", "train", "build_score", "load_score", "main"]
 
@@ -73,7 +73,9 @@ class TrainConfig:
     that many epochs (and after the last one) instead of after each: with epochs of a second, a
     360 MB checkpoint per epoch would cost more than the training. ``skip`` (not in the original)
     trains the network inside :class:`GaussianSkip`, eps = sigma x / (mu^2 + sigma^2) + mu F.
-    ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps' (the original) or 'v' (the error of F
+    ``skip_spectrum`` (needs ``skip``) gives the skip the power spectrum of the training states
+    (:func:`power_spectrum`; stored in the checkpoint): its Gaussian term then has the data's
+    spectrum instead of white noise's. ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps' (the original) or 'v' (the error of F
     itself, which needs ``skip``). ``ema`` (None: off; the original has none) keeps an exponential
     moving average of the weights with that decay per step; the sampler then uses the average.
     """
@@ -97,6 +99,7 @@ class TrainConfig:
     windows_per_trajectory: int = 1
     checkpoint_every: int = 1
     skip: bool = False
+    skip_spectrum: bool = False
     loss: str = "eps"
     ema: float | None = None
 
@@ -133,11 +136,13 @@ class TrainConfig:
                              "non-empty and of the same length, one entry per U-Net level")
         if self.amp not in AMPS:
             raise ValueError(f"amp must be one of {AMPS}, got {self.amp!r}")
-        for name in ("channels_last", "compile", "skip"):
+        for name in ("channels_last", "compile", "skip", "skip_spectrum"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.loss not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss must be one of {LOSS_WEIGHTINGS}, got {self.loss!r}")
+        if self.skip_spectrum and not self.skip:
+            raise ValueError("skip_spectrum=True needs skip=True (it is the skip's Gaussian term)")
         if self.loss == "v" and not self.skip:
             raise ValueError("loss='v' needs skip=True: a plain eps network's error at t ~ 1 would be "
                              "weighted by 1 / mu(1)^2 = 1e6")
@@ -154,9 +159,14 @@ def build_score(config: TrainConfig, size: int = 64) -> MCScoreNet:
                       hidden_blocks=config.hidden_blocks, size=size)
 
 
-def as_eps(network: nn.Module, config: TrainConfig) -> nn.Module:
-    """The network as the loss and the sampler call it: itself, or inside GaussianSkip when ``config.skip``."""
-    return GaussianSkip(network, config.alpha, config.eta) if config.skip else network
+def as_eps(network: nn.Module, config: TrainConfig, spectrum: torch.Tensor | None = None) -> nn.Module:
+    """The network as the loss and the sampler call it: itself, or inside GaussianSkip when
+    ``config.skip`` (with ``spectrum`` when ``config.skip_spectrum``)."""
+    if config.skip_spectrum and spectrum is None:
+        raise ValueError("this run's skip uses the training data's power spectrum; pass it (spectrum=...)")
+    if not config.skip:
+        return network
+    return GaussianSkip(network, config.alpha, config.eta, spectrum if config.skip_spectrum else None)
 
 
 def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[nn.Module, TrainConfig]:
@@ -171,7 +181,7 @@ def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[nn.Module, Tra
     score.load_state_dict(state["model"])
     if state.get("ema") is not None:
         score.kernel.load_state_dict(state["ema"], strict=False)  # parameters only; buffers are constants
-    return as_eps(score.to(device), config), config
+    return as_eps(score, config, state.get("skip_spectrum")).to(device), config
 
 
 def generate_command(data_dir, profile_name: str | None = None) -> str:
@@ -281,8 +291,10 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
                                                 broadcast_buffers=False) if world > 1 else net
     shape = (2 * config.window, size, size)
-    sde = VPSDE(as_eps(model, config), shape, alpha=config.alpha, eta=config.eta).to(device)
-    valid_sde = VPSDE(as_eps(net, config), shape, alpha=config.alpha, eta=config.eta).to(device)
+    # The skip's spectrum: every state of the training split (the same on every process).
+    spectrum = power_spectrum(train_set.data) if config.skip_spectrum else None
+    sde = VPSDE(as_eps(model, config, spectrum), shape, alpha=config.alpha, eta=config.eta).to(device)
+    valid_sde = VPSDE(as_eps(net, config, spectrum), shape, alpha=config.alpha, eta=config.eta).to(device)
 
     # Every process sees batch_size / world windows per step; the order of epoch e depends on (seed, e).
     sampler = torch.utils.data.DistributedSampler(epoch_set, num_replicas=world, rank=rank, shuffle=True,
@@ -375,7 +387,7 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
             state = dict(model=score.state_dict(), ema=ema, optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), rng=rngs, epoch=epoch + 1, history=history,
                          config=dataclasses.asdict(config), data=data, size=size, world_size=world,
-                         wandb_id=run.id if run is not None else wandb_id)
+                         wandb_id=run.id if run is not None else wandb_id, skip_spectrum=spectrum)
             atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
             summary = dict(config=dataclasses.asdict(config), data=data, world_size=world,
                            parameters=parameter_count(net)[0], steps_per_epoch=steps_per_epoch, rows=history)
@@ -444,6 +456,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--skip", action="store_true",
                         help="eps = sigma x/(mu^2+sigma^2) + mu F (not the original's; for short trainings; "
                              "default: the profile's, on for quick and full)")
+    parser.add_argument("--skip-spectrum", action="store_true",
+                        help="the skip's Gaussian term with the training data's power spectrum (needs --skip "
+                             "or a profile with it)")
     parser.add_argument("--loss", choices=LOSS_WEIGHTINGS, default=None,
                         help="loss weighting: eps (the original) or v (needs --skip; default: the profile's)")
     parser.add_argument("--ema", type=float, default=None,
@@ -468,7 +483,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          channels_last=args.channels_last, compile=args.compile,
                          windows_per_trajectory=args.windows_per_trajectory or sizes.train_windows,
                          checkpoint_every=args.checkpoint_every or sizes.train_checkpoint_every,
-                         skip=args.skip or sizes.train_skip, loss=args.loss or sizes.train_loss,
+                         skip=args.skip or sizes.train_skip, skip_spectrum=args.skip_spectrum,
+                         loss=args.loss or sizes.train_loss,
                          ema=args.ema if args.ema is not None else sizes.train_ema)
     with closing_process_group():
         history = train(config, data, args.out, device=args.device, progress=not args.no_progress,
