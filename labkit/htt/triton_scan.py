@@ -1,7 +1,8 @@
 """Triton kernels for the linear recurrence ``h_t = a_t h_{t-1} + b_t``, forward and backward.
 
-The tensors are ``(R, L)``, contiguous: ``R`` independent rows (batch x channels), each a
-sequence of length ``L`` laid out contiguously, as in accelerated-scan's ``(B, C, T)``.
+The tensors are ``(..., L)`` and contiguous, read as ``R`` independent rows (every leading
+index, e.g. batch x channels), each a sequence of length ``L`` laid out contiguously, as in
+accelerated-scan's ``(B, C, T)``; below they are written ``(R, L)``.
 
 Why a scan. The pairs ``(a_t, b_t)`` stand for the affine maps ``x -> a_t x + b_t``, and
 composing two of them (left first, then right) gives another one:
