@@ -150,10 +150,10 @@ class _TorchScan(torch.autograd.Function):
 
 
 class _TritonScan(torch.autograd.Function):
-    """The Triton scan on ``(R, L)`` views; saves ``a`` and the output ``h``."""
+    """The Triton scan on the ``(..., L)`` tensors as they come (the kernels read every leading
+    index as a row: no reshapes or views, whose host time is on the clock of a short scan);
+    saves ``a`` and the output ``h``."""
 
-    # The kernels take the (..., L) tensors as they come (every leading index is a row), so no
-    # reshapes or views here: on a short scan the host time of each is on the clock.
     @staticmethod
     def forward(ctx, a, b, h0):
         from labkit.htt.triton_scan import scan_forward

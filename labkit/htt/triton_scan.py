@@ -225,11 +225,13 @@ def _launch(tuned, raw, grid_rows: int, args: tuple, flags: dict, config: dict |
     raw[(triton.cdiv(grid_rows, meta["BLOCK_R"]),)](*args, **flags, **meta, num_warps=num_warps)
 
 
-def _check(name: str, t: torch.Tensor, ndim: int) -> None:
-    """``t`` is contiguous with at least ``ndim`` dimensions: its rows are ``t.numel() // t.shape[-1]``."""
-    if t.dim() < ndim or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous tensor with at least {ndim} dimension(s), got shape "
+def _rows(name: str, t: torch.Tensor) -> tuple[int, int]:
+    """``(rows, length)`` of a contiguous ``(..., L)`` tensor: every leading index is a row."""
+    if t.dim() < 1 or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous tensor with at least one dimension, got shape "
                          f"{tuple(t.shape)} (contiguous={t.is_contiguous()})")
+    length = t.shape[-1]
+    return (t.numel() // length if length else 0), length
 
 
 def _check_h0(h0: torch.Tensor, rows: int) -> None:
@@ -246,13 +248,11 @@ def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = Non
     costs host time on every call), ``(B, C, L)``. ``h0`` is ``None`` or a contiguous tensor of
     ``R`` elements, one per row (any float dtype; read as fp32).
     """
-    _check("a", a, 1)
-    _check("b", b, 1)
+    _rows("a", a)
+    rows, length = _rows("b", b)
     if a.shape != b.shape or a.dtype != b.dtype or b.dtype not in KERNEL_DTYPES:
         raise ValueError(f"a and b must share shape and a dtype in {KERNEL_DTYPES}; got {tuple(a.shape)} "
                          f"{a.dtype} and {tuple(b.shape)} {b.dtype}")
-    length = b.shape[-1]
-    rows = b.numel() // length if length else 0
     h = torch.empty_like(b)
     if h0 is not None:
         _check_h0(h0, rows)
@@ -273,11 +273,9 @@ def scan_backward(a: torch.Tensor, h: torch.Tensor, dh: torch.Tensor, h0: torch.
     ``R`` elements; ``da`` is ``None`` unless ``need_da``, ``dh0`` unless ``need_dh0``.
     """
     for name, t in (("a", a), ("h", h), ("dh", dh)):
-        _check(name, t, 1)
+        rows, length = _rows(name, t)
         if t.shape != a.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(a.shape)}")
-    length = a.shape[-1]
-    rows = a.numel() // length if length else 0
     db = torch.empty_like(a)
     da = torch.empty_like(a) if need_da else None
     dh0 = torch.zeros(rows, device=a.device, dtype=torch.float32) if need_dh0 else None

@@ -89,23 +89,31 @@ class Product:
         product is added to an fp32 ``out`` in fp32 (on the CPU: rounded to 16 bits first)."""
         (a_hi, a_lo), (b_hi, b_lo) = a, b
         terms = [(a_hi, b_hi)] + ([(a_hi, b_lo), (a_lo, b_hi)] if self.split else [])
-        for x, y in terms:
-            out = self.one(x, y, out)
+        with self._precision():  # entered once for the three products, not once per product
+            for x, y in terms:
+                out = self._gemm(x, y, out)
         return out
 
     def one(self, a: torch.Tensor, b: torch.Tensor, out=None, bias=None):
         """One GEMM ``a @ b`` (added to ``out``, or with a 1-D ``bias`` of ``a``'s dtype added
         to each row, when given), in TF32 when the layer uses it: for operands that are split
         already, e.g. stacked halves, and for unsplit ones."""
-        with cublas_tf32() if self.tf32 else nullcontext():
-            if out is None:
-                return a @ b if bias is None else torch.addmm(bias, a, b)
-            if a.dtype == out.dtype:
-                return out.addmm_(a, b)
-            if out.is_cuda:  # 16-bit operands, fp32 result: cuBLAS adds into out (no 16-bit product, no add kernel)
-                return torch.addmm(out, a, b, out_dtype=out.dtype)
-            out += a @ b  # the CPU has no mixed-dtype addmm
-            return out
+        with self._precision():
+            return self._gemm(a, b, out, bias)
+
+    def _precision(self):
+        return cublas_tf32() if self.tf32 else nullcontext()
+
+    @staticmethod
+    def _gemm(a: torch.Tensor, b: torch.Tensor, out=None, bias=None):
+        if out is None:
+            return a @ b if bias is None else torch.addmm(bias, a, b)
+        if a.dtype == out.dtype:
+            return out.addmm_(a, b)
+        if out.is_cuda:  # 16-bit operands, fp32 result: cuBLAS adds into out (no 16-bit product, no add kernel)
+            return torch.addmm(out, a, b, out_dtype=out.dtype)
+        out += a @ b  # the CPU has no mixed-dtype addmm
+        return out
 
     def element_bytes(self, compute_dtype: torch.dtype) -> int:
         """Bytes per feature in the buffer: two fp32 halves when split."""

@@ -278,13 +278,14 @@ class GaussianSkip(nn.Module):
 
     def _gaussian_eps(self, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         channels, height, half = self.spectrum.shape
-        if x.shape[-2:] != (height, 2 * (half - 1)) or x.shape[-3] % channels:
-            raise ValueError(f"x of shape {tuple(x.shape)} does not fit the skip's spectrum {tuple(self.spectrum.shape)}: "
-                             f"states of {channels} channels of {height} x {2 * (half - 1)} expected")
+        # rfft2 keeps W // 2 + 1 columns, so the width is compared that way (odd widths too)
+        if (x.shape[-2], x.shape[-1] // 2 + 1) != (height, half) or x.shape[-3] % channels:
+            raise ValueError(f"x of shape {tuple(x.shape)} does not fit the skip's spectrum {tuple(self.spectrum.shape)} "
+                             f"(channels, H, W // 2 + 1): states of {channels} channels of {height} rows expected")
         states = x.float().unflatten(-3, (-1, channels))  # (..., n, C, H, W)
         mu, sigma = _expand(mu, states), _expand(sigma, states)
         modes = torch.fft.rfft2(states, norm="ortho")
-        eps = torch.fft.irfft2(sigma * modes / (mu**2 * self.spectrum + sigma**2), s=(height, x.shape[-1]), norm="ortho")
+        eps = torch.fft.irfft2(sigma * modes / (mu**2 * self.spectrum + sigma**2), s=x.shape[-2:], norm="ortho")
         return eps.flatten(-4, -3)
 
 
