@@ -5,7 +5,8 @@ then 2 unconditional 64-state trajectories (256 steps, 1 correction, tau 0.5) ->
 k = 1..16, and the coarse scenario's SDA residual. A variant is LOSS[:EMA][@LR][+spec], e.g.
 ``v:0.999@8e-4`` (``+spec``: the skip with the training data's power spectrum).
 Usage: python3 bench/diagnostics/sda_recipe.py eps v@8e-4   (SCALE_PROFILE / SCALE_DEVICE /
-SCALE_EPOCHS / SCALE_STEPS / SCALE_CORRECTIONS / SCALE_TRAJECTORIES shrink it for a CPU run)
+SCALE_EPOCHS / SCALE_STEPS / SCALE_TRAJECTORIES shrink it for a CPU run; SCALE_CORRECTIONS=0,1
+samples each trained model once per number of Langevin corrections)
 """
 import json, os, sys, time
 import numpy as np
@@ -21,7 +22,7 @@ cfg = profile(os.environ.get("SCALE_PROFILE", "full")).sda
 dev = os.environ.get("SCALE_DEVICE", "cuda")
 epochs = int(os.environ.get("SCALE_EPOCHS", cfg.train_epochs))
 steps = int(os.environ.get("SCALE_STEPS", 256))
-corrections = int(os.environ.get("SCALE_CORRECTIONS", 1))
+corrections_list = [int(c) for c in os.environ.get("SCALE_CORRECTIONS", "1").split(",")]  # e.g. "0,1": sample each
 trajectories = int(os.environ.get("SCALE_TRAJECTORIES", cfg.trajectories))
 spec = DatasetSpec(trajectories=trajectories, size=cfg.size, factor=cfg.factor, spinup=cfg.spinup,
                    length=cfg.length)
@@ -43,21 +44,23 @@ for variant in sys.argv[1:]:
                          lr=float(lr) if lr else TrainConfig.lr, skip_spectrum=variant.endswith("+spec"))
     t0 = time.time()
     history = train(config, folder, f"/tmp/run_{variant}", device=dev, progress=False, resume=False)
-    out = dict(variant=variant, steps=steps, corrections=corrections, train_s=round(time.time() - t0, 1), valid_loss=history[-1]["valid_loss"])
+    trained = dict(variant=variant, steps=steps, train_s=round(time.time() - t0, 1), valid_loss=history[-1]["valid_loss"])
     score, _ = load_score(f"/tmp/run_{variant}", device=dev)
     score.eval()
-    torch.manual_seed(1)
-    t0 = time.time()
-    x = VPSDE(score, (cfg.sample_length, 2, 64, 64)).to(dev).sample((2,), steps=steps, corrections=corrections, tau=0.5, progress=False)
-    x = x.float().cpu()
-    _, e_s = stats.energy_spectrum(x)
-    r = e_s / e_data
-    out.update(sample_s=round(time.time() - t0, 1), std=round(x.std().item(), 3), data_std=round(float(held.std()), 3),
-               ratio=[round(float(v), 2) for v in r[1:17]], worst=round(float(np.abs(r[1:17] - 1).max()), 3))
-    scenario = SCENARIOS["coarse"]
-    truth = torch.as_tensor(test[1, :scenario.length]).to(dev)
-    y = observe(scenario, truth, torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    post = assimilate(score, y, scenario, "sda", steps=steps, corrections=corrections, progress=False)
-    out["coarse_sda_residual"] = round(residual_std(scenario, post, y).item(), 4)
-    print(json.dumps(out), flush=True)
+    for corrections in corrections_list:
+        out = dict(trained, corrections=corrections)
+        torch.manual_seed(1)
+        t0 = time.time()
+        x = VPSDE(score, (cfg.sample_length, 2, 64, 64)).to(dev).sample((2,), steps=steps, corrections=corrections, tau=0.5, progress=False)
+        x = x.float().cpu()
+        _, e_s = stats.energy_spectrum(x)
+        r = e_s / e_data
+        out.update(sample_s=round(time.time() - t0, 1), std=round(x.std().item(), 3), data_std=round(float(held.std()), 3),
+                   ratio=[round(float(v), 2) for v in r[1:17]], worst=round(float(np.abs(r[1:17] - 1).max()), 3))
+        scenario = SCENARIOS["coarse"]
+        truth = torch.as_tensor(test[1, :scenario.length]).to(dev)
+        y = observe(scenario, truth, torch.Generator().manual_seed(1))
+        torch.manual_seed(0)
+        post = assimilate(score, y, scenario, "sda", steps=steps, corrections=corrections, progress=False)
+        out["coarse_sda_residual"] = round(residual_std(scenario, post, y).item(), 4)
+        print(json.dumps(out), flush=True)

@@ -26,11 +26,11 @@ one exact fp32 GEMM. 16-bit operands take one GEMM each.
 Everything is tested against the PyTorch reference in ``tests/test_kan_gemm_bspline.py``
 (on the CPU the GEMMs are exact fp32 matmuls and the kernels run in Triton's interpreter).
 
-On an H100 at 4096 x 768 -> 3072 (forward + backward, one call; ``kan.json`` and
-bench/diagnostics/host_and_buffers.py) this path is the fastest B-spline layer measured: with
-the 128 MiB feature buffer 6.93 ms in fp32 and 1.36 ms in bf16, against 22.4 / 2.6 ms for the
-fused kernels and 11.9 / 2.2 ms for the seed's formulation under ``torch.compile``
-(Linear+GELU: 1.44 / 0.46 ms). In fp32 the GEMMs are almost all of it (6.6 of 7.3 ms of GPU
+On an H100 at 4096 x 768 -> 3072 (forward + backward, one call; the ``kan`` suite's
+``kan.json`` of 2026-12-06) this path is the fastest B-spline layer measured: with the 128 MiB
+feature buffer 6.63 ms in fp32 and 1.22 ms in bf16, against 22.3 / 2.6 ms for the fused
+kernels, 11.8 / 2.0 ms for the seed's formulation under ``torch.compile`` and 11.1 / 1.6 ms
+for inkan (Linear+GELU: 1.48 / 0.60 ms; 4.5x and 2.0x). In fp32 the GEMMs are almost all of it (6.6 of 7.3 ms of GPU
 time at the 32 MiB buffer, bench/diagnostics/gemm_profile.py): 3xTF32 does three times a
 plain GEMM's work. :data:`labkit.kan.ops.DEFAULT_BSPLINE_PATH` is still ``"fused"``: the
 chapters' B-spline runs were made with it, and switching means running them again.

@@ -14,12 +14,12 @@ features recomputed, not saved), and a Triton kernel mixes ``dfeatures`` into ``
 
 fp32 is 3xTF32 here too, as three cuBLAS TF32 GEMMs. Tested on the CPU
 (``tests/test_kan_gemm_chebyshev.py``) and on an H100, where at 4096 x 768 -> 3072, degree 3
-(forward + backward, bench/diagnostics/host_and_buffers.py) it took 3.19 ms in fp32 and 1.01
-ms in bf16 per call with a 64 MiB buffer (half of :data:`split_gemm.FEATURE_BUFFER_BYTES`),
-against 5.05 / 1.26 ms for the fused kernels and 1.44 / 0.46 ms for Linear+GELU. Back to
-back (a training loop's steady state) the ratios to Linear+GELU are 1.97x in fp32 and 2.2x in
-bf16. :data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` is still ``"fused"``: chapters 1 and 2
-were run with it.
+(forward + backward, one call; the ``kan`` suite, bench/results/.../kan.json of 2026-12-06) it
+took 2.84 ms in fp32 and 0.77 ms in bf16 with a 64 MiB buffer (half of
+:data:`split_gemm.FEATURE_BUFFER_BYTES`), against 4.71 / 0.95 ms for the fused kernels and
+1.48 / 0.60 ms for Linear+GELU: 1.92x and 1.28x, within the chapter's 2x budget in both dtypes.
+:data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` is still ``"fused"``: chapters 1 and 2 were run
+with it.
 """
 from __future__ import annotations
 
