@@ -22,10 +22,14 @@ def _gemm():
     return gemm_bspline
 
 
-@pytest.fixture(params=["one block", "blocks of 16", "blocks of 16, stacked forward"])
+@pytest.fixture(params=["one block", "blocks of 16", "blocks of 16, stacked forward", "blocks of 16, bf16 cross terms"])
 def blocks(request, monkeypatch):
     if request.param.endswith("stacked forward"):
         monkeypatch.setattr(_gemm(), "STACKED_FORWARD", True)
+    if request.param.endswith("bf16 cross terms"):  # fp32 cases only; 16-bit ones are unchanged
+        from labkit.kan import split_gemm
+
+        monkeypatch.setattr(split_gemm, "FP32_CROSS_TERMS", "bf16")
     if request.param.startswith("blocks of 16"):
         # 37 rows x 9 features x 8 bytes (fp32, both halves) per input: room for 16 inputs
         from labkit.kan import split_gemm
@@ -103,6 +107,39 @@ def test_split_tf32_is_exact_and_tf32_representable(device):
     assert torch.all(lo.abs() <= 2.0**-10 * t.abs())
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_split_with_bf16_planes(device, monkeypatch):
+    from labkit.kan.split_gemm import Product, split_tf32
+
+    t = torch.randn(37, 19, device=device) * torch.logspace(-3, 3, 19, device=device)
+    hi, planes = split_tf32(t, mixed=True)
+    assert planes.shape == (2, 37, 19) and planes.dtype == torch.bfloat16
+    assert torch.equal(hi, split_tf32(t)[0])
+    # bf16 keeps 8 significant bits: within 2^-8 rounded to nearest (the GPU) and 2^-7 truncated
+    # (Triton's interpreter truncates whatever rounding the kernel asks for)
+    for plane, want in ((planes[0], t), (planes[1], t - hi)):
+        assert torch.all((plane.float() - want).abs() <= 2.0**-7 * want.abs())
+    # The three products of a mixed split against float64: each cross term is off by ~2^-20 of
+    # |a||b| per element (2^-19 with the interpreter's truncation), so the result is within the
+    # layer tests' fp32 tolerance (1e-5 of its largest entry); 3xTF32 is ~1e-7
+    a, b = torch.rand(37, 300, device=device), torch.randn(300, 23, device=device)
+    from labkit.kan import split_gemm
+
+    monkeypatch.setattr(split_gemm, "FP32_CROSS_TERMS", "bf16")
+    product = Product("interpreter" if interpret_mode() else "tf32x3", torch.float32)
+    got = product(product.parts(a), product.parts(b))
+    exact = a.double() @ b.double()
+    assert product.mixed and (got.double() - exact).abs().max() < 1e-5 * exact.abs().max()
+
+
+def test_cross_terms_setting_is_checked(monkeypatch):
+    from labkit.kan import split_gemm
+
+    monkeypatch.setattr(split_gemm, "FP32_CROSS_TERMS", "fp16")
+    with pytest.raises(ValueError, match="FP32_CROSS_TERMS must be 'tf32' or 'bf16'"):
+        split_gemm.Product("tf32x3", torch.float32)
+
+
 def test_block_size_and_tf32_switch():
     from labkit.kan import split_gemm as gemm
 
@@ -120,7 +157,7 @@ def test_block_size_and_tf32_switch():
 
 @pytest.mark.skipif(not interpret_mode(), reason="CPU tensors through the Triton backend need the interpreter")
 def test_dispatcher_path_and_bench_case():
-    from labkit.kan import bench, ops
+    from labkit.kan import bench, ops, split_gemm
 
     x = torch.rand(40, 19) * 2 - 1
     outputs = {}
@@ -129,6 +166,12 @@ def test_dispatcher_path_and_bench_case():
         forward, params = bench.make_case(impl, 40, 19, 23, torch.device("cpu"))
         outputs[impl] = forward(x)
     torch.testing.assert_close(outputs["bspline_labkit_gemm"], outputs["bspline_labkit"], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    forward, params = bench.make_case("bspline_labkit_gemm_mixed", 40, 19, 23, torch.device("cpu"))
+    y = forward(x)
+    torch.autograd.grad(y.sum(), params)  # the backward runs with the forward's cross terms
+    torch.testing.assert_close(y, outputs["bspline_labkit"], rtol=1e-5, atol=1e-5)
+    assert split_gemm.FP32_CROSS_TERMS == "tf32"  # restored after the call
     args, _ = _make_case(torch.float32, "cpu")
     args.pop("spline_order")
     with pytest.raises(ValueError, match="path must be one of"):

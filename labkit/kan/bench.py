@@ -9,7 +9,8 @@ in fp32 and in bf16 autocast:
   under ``torch.compile``;
 * labkit's Triton kernels: the fused ones (``bspline_labkit``, also on knots moved as by
   ``update_grid``) and the split-GEMM paths (``bspline_labkit_gemm``, ``cheby_labkit_gemm``:
-  feature kernels around cuBLAS);
+  feature kernels around cuBLAS), in fp32 also with the cross terms of their 3xTF32 products
+  in bf16 (``_gemm_mixed``, ``split_gemm.FP32_CROSS_TERMS``);
 * the public peers ``pykan`` and ``inkan`` where they are installed and fit in memory.
 
 Then sweeps of batch, width, grid size and degree for the Triton kernels against
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from labkit.bench.harness import KeepRowsOnInterrupt, peak_memory_mib, time_fn, time_graph, time_loop
-from labkit.kan import ops, reference
+from labkit.kan import ops, reference, split_gemm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -55,9 +56,13 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         params = [wb, ws, sc]
         if impl == "bspline_labkit":
             return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton")), params
-        if impl == "bspline_labkit_gemm":
-            return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton",
-                                              path="gemm")), params
+        if impl in ("bspline_labkit_gemm", "bspline_labkit_gemm_mixed"):
+            cross_terms = "bf16" if impl.endswith("_mixed") else "tf32"
+
+            def forward(x):
+                with split_gemm.fp32_cross_terms(cross_terms):  # the backward keeps the forward's choice
+                    return ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton", path="gemm")
+            return forward, params
         if impl == "bspline_labkit_adapted":
             # Knots as after update_grid (each moved by up to 2% of a step, per input): the
             # kernels then take the general Cox-de Boor recursion instead of the uniform one.
@@ -75,8 +80,13 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         coeffs = _param(d_in, d_out, degree + 1, device=device, scale=1 / (d_in * (degree + 1)))
         if impl == "cheby_labkit":
             return (lambda x: ops.chebykan(x, coeffs, backend="triton")), [coeffs]
-        if impl == "cheby_labkit_gemm":
-            return (lambda x: ops.chebykan(x, coeffs, backend="triton", path="gemm")), [coeffs]
+        if impl in ("cheby_labkit_gemm", "cheby_labkit_gemm_mixed"):
+            cross_terms = "bf16" if impl.endswith("_mixed") else "tf32"
+
+            def forward(x):
+                with split_gemm.fp32_cross_terms(cross_terms):
+                    return ops.chebykan(x, coeffs, backend="triton", path="gemm")
+            return forward, [coeffs]
         if impl == "cheby_seed":
             return (lambda x: reference.chebykan_seed_formulation(x, coeffs)), [coeffs]
         if impl == "cheby_recurrence":
@@ -155,9 +165,12 @@ def _with_ratios(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
     return rows
 
 
-HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_labkit_adapted", "bspline_labkit_gemm", "bspline_seed",
-                  "bspline_seed_compiled", "pykan", "inkan", "inkan_eager", "cheby_labkit", "cheby_labkit_gemm",
-                  "cheby_seed", "cheby_recurrence", "cheby_seed_compiled")
+HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_labkit_adapted", "bspline_labkit_gemm",
+                  "bspline_labkit_gemm_mixed", "bspline_seed", "bspline_seed_compiled", "pykan", "inkan", "inkan_eager",
+                  "cheby_labkit", "cheby_labkit_gemm", "cheby_labkit_gemm_mixed", "cheby_seed", "cheby_recurrence",
+                  "cheby_seed_compiled")
+#: fp32-only rows: the ``_mixed`` split-GEMM paths differ from the plain ones only in fp32 products
+FP32_ONLY = ("bspline_labkit_gemm_mixed", "cheby_labkit_gemm_mixed")
 
 
 def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
@@ -167,7 +180,7 @@ def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
               "measured": "forward + backward (grads of input and all weights)"}
     impls = HEADLINE_IMPLS if device.type == "cuda" else ("linear_gelu", "bspline_seed", "cheby_seed", "cheby_recurrence")
     results = []
-    jobs = [(impl, dt) for dt in DTYPES for impl in impls]
+    jobs = [(impl, dt) for dt in DTYPES for impl in impls if dt == "fp32" or impl not in FP32_ONLY]
     # An interrupt keeps the rows measured so far: the first B-spline rows autotune for minutes.
     with KeepRowsOnInterrupt("kan", results) as stop:
         for impl, dt in tqdm(jobs, desc="kan headline"):

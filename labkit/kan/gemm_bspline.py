@@ -59,14 +59,15 @@ STACKED_FORWARD = False
 
 @triton.jit
 def _features_kernel(
-    x_ptr, table_ptr, hi_ptr, lo_ptr, M, IN_BLOCK, stride_xm,
+    x_ptr, table_ptr, hi_ptr, lo_ptr, M, IN_BLOCK, stride_xm, LO_PLANE,
     TABLE_ROW: tl.constexpr, TABLE_PLANE: tl.constexpr, GRID_SIZE: tl.constexpr, ORDER: tl.constexpr,
-    UNIFORM: tl.constexpr, SPLIT: tl.constexpr, CHUNK: tl.constexpr,
+    UNIFORM: tl.constexpr, SPLIT: tl.constexpr, MIXED: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr, STACK: tl.constexpr = False,
 ):
     """``features[m, f, i]`` of one (BLOCK_M rows, BLOCK_I inputs) tile; ``x_ptr`` and
     ``table_ptr`` point at the block's first input. Feature 0 is silu(x), feature 1 + j is
-    B_j(x). ``SPLIT``: store the TF32 part in ``hi`` and the rest in ``lo`` (both fp32).
+    B_j(x). ``SPLIT``: store the TF32 part in ``hi`` and the rest in ``lo`` (both fp32; with
+    ``MIXED``, ``lo`` as two bf16 planes ``LO_PLANE`` apart: see ``split_gemm.store_feature``).
     ``STACK`` (with SPLIT): one buffer whose rows are [hi | hi | lo] (see STACKED_FORWARD)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -74,21 +75,23 @@ def _features_kernel(
     x = tl.load(x_ptr + rows[:, None] * stride_xm + ins[None, :], mask=ok, other=0.0).to(tl.float32)
     K = (GRID_SIZE + ORDER + 1) * IN_BLOCK  # one row of one buffer
     out = rows[:, None] * (3 * K if STACK else K) + ins[None, :]
-    _store(hi_ptr, lo_ptr, out, _silu(x), ok, K, SPLIT, STACK)
+    _store(hi_ptr, lo_ptr, out, _silu(x), ok, K, SPLIT, STACK, LO_PLANE, MIXED)
     N_BASES: tl.constexpr = GRID_SIZE + ORDER
     for b0 in range(0, N_BASES, CHUNK):
         bases = _bases(x, table_ptr + ins[None, :], TABLE_ROW, TABLE_PLANE, b0, CHUNK, ORDER, UNIFORM)
         for c in tl.static_range(CHUNK):
-            _store(hi_ptr, lo_ptr, out + (1 + b0 + c) * IN_BLOCK, bases[c], ok & (b0 + c < N_BASES), K, SPLIT, STACK)
+            _store(hi_ptr, lo_ptr, out + (1 + b0 + c) * IN_BLOCK, bases[c], ok & (b0 + c < N_BASES), K, SPLIT, STACK,
+                   LO_PLANE, MIXED)
 
 
 @triton.jit
-def _store(hi_ptr, lo_ptr, offsets, value, mask, K, SPLIT: tl.constexpr, STACK: tl.constexpr):
+def _store(hi_ptr, lo_ptr, offsets, value, mask, K, SPLIT: tl.constexpr, STACK: tl.constexpr, LO_PLANE,
+           MIXED: tl.constexpr):
     if STACK:  # [hi | hi | lo] in one buffer
-        store_feature(hi_ptr, hi_ptr + 2 * K, offsets, value, mask, True)
-        store_feature(hi_ptr + K, hi_ptr + 2 * K, offsets, value, mask, True)
+        store_feature(hi_ptr, hi_ptr + 2 * K, offsets, value, mask, True, 0, False)
+        store_feature(hi_ptr + K, hi_ptr + 2 * K, offsets, value, mask, True, 0, False)
     else:
-        store_feature(hi_ptr, lo_ptr, offsets, value, mask, SPLIT)
+        store_feature(hi_ptr, lo_ptr, offsets, value, mask, SPLIT, LO_PLANE, MIXED)
 
 
 @triton.jit
@@ -113,19 +116,21 @@ def _feature_grads_kernel(
     tl.store(dx_ptr + rows[:, None] * stride_dxm + ins[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-def _features(x_block, knots, i0, compute_dtype, split, stack=False):
-    """(hi, lo) feature buffers of a block, or with ``stack`` one (rows, 3K) buffer [hi | hi | lo] and None."""
+def _features(x_block, knots, i0, compute_dtype, split, stack=False, mixed=False):
+    """(hi, lo) feature buffers of a block (see ``split_gemm.feature_buffers``), or with
+    ``stack`` one (rows, 3K) buffer [hi | hi | lo] and None."""
     m, width = x_block.shape
     n_features = knots.grid_size + knots.order + 1
-    dtype = torch.float32 if split else compute_dtype
-    hi = torch.empty((m, (3 if stack else 1) * n_features * width), device=x_block.device, dtype=dtype)
-    lo = torch.empty_like(hi) if split and not stack else None
+    if stack:
+        hi, lo = torch.empty((m, 3 * n_features * width), device=x_block.device, dtype=torch.float32), None
+    else:
+        hi, lo = split_gemm.feature_buffers((m, n_features * width), x_block.device, compute_dtype, split, mixed)
     if m:
         grid = (triton.cdiv(m, FEATURE_BLOCK_M), triton.cdiv(width, FEATURE_BLOCK_I))
         launch(
             _features_kernel, grid, x_block, knots.table[:, :, i0:], hi, hi if lo is None else lo, m, width,
-            x_block.stride(0), TABLE_ROW=knots.table.stride(1), TABLE_PLANE=knots.table.stride(0),
-            GRID_SIZE=knots.grid_size, ORDER=knots.order, UNIFORM=knots.uniform, SPLIT=split,
+            x_block.stride(0), hi.numel(), TABLE_ROW=knots.table.stride(1), TABLE_PLANE=knots.table.stride(0),
+            GRID_SIZE=knots.grid_size, ORDER=knots.order, UNIFORM=knots.uniform, SPLIT=split, MIXED=mixed,
             CHUNK=_BASES_PER_STEP, BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I, STACK=stack)
     return hi, lo
 
@@ -160,9 +165,9 @@ class _BSplineKANGemm(torch.autograd.Function):
         # The blocks' products are summed in fp32 (on the CPU 16-bit ones are rounded once each
         # first) and y is rounded to the compute dtype at the end.
         y = torch.zeros((m, n_out), device=x.device, dtype=torch.float32) if len(blocks) > 1 else None
-        stack = STACKED_FORWARD and product.split
+        stack = STACKED_FORWARD and product.split and not product.mixed
         for i0, i1 in blocks:
-            features = _features(x[:, i0:i1], knots, i0, compute_dtype, product.split, stack)
+            features = _features(x[:, i0:i1], knots, i0, compute_dtype, product.split, stack, product.mixed)
             w = _block_weight(base_weight, spline_weight, spline_scaler, i0, i1, compute_dtype)
             if stack:  # one GEMM: [F_hi | F_hi | F_lo] @ [W_hi; W_lo; W_hi]
                 w_hi, w_lo = product.parts(w)
@@ -206,7 +211,7 @@ class _BSplineKANGemm(torch.autograd.Function):
                         BLOCK_I=FEATURE_BLOCK_I)
                 del dfeat
             if need_weights:
-                features = _features(x[:, i0:i1], knots, i0, dtype, product.split)
+                features = _features(x[:, i0:i1], knots, i0, dtype, product.split, mixed=product.mixed)
                 features_t = transposed(features)
                 dw = product(features_t, dy_parts)  # the unpack kernel sums it in fp32
                 del features, features_t

@@ -35,8 +35,8 @@ from labkit.kan.triton_chebyshev import (
 
 
 @triton.jit
-def _features_kernel(x_ptr, hi_ptr, lo_ptr, M, IN_BLOCK, stride_xm, D: tl.constexpr, SPLIT: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
+def _features_kernel(x_ptr, hi_ptr, lo_ptr, M, IN_BLOCK, stride_xm, LO_PLANE, D: tl.constexpr, SPLIT: tl.constexpr,
+                     MIXED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
     """``features[m, d - 1, i] = T_d(tanh x[m, i])``, d = 1..D, for one (rows, inputs) tile of the block."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -46,7 +46,7 @@ def _features_kernel(x_ptr, hi_ptr, lo_ptr, M, IN_BLOCK, stride_xm, D: tl.conste
     features = _chebyshev_features(t, D, tl.float32)
     out = rows[:, None] * (D * IN_BLOCK) + ins[None, :]
     for d in tl.static_range(D):
-        store_feature(hi_ptr, lo_ptr, out + d * IN_BLOCK, features[d], ok, SPLIT)
+        store_feature(hi_ptr, lo_ptr, out + d * IN_BLOCK, features[d], ok, SPLIT, LO_PLANE, MIXED)
 
 
 @triton.jit
@@ -70,14 +70,13 @@ def _feature_grads_kernel(x_ptr, dfeat_ptr, dx_ptr, M, IN_BLOCK, stride_xm, stri
              mask=ok)
 
 
-def _features(x_block, degree, dtype, split):
+def _features(x_block, degree, dtype, split, mixed=False):
     m, width = x_block.shape
-    hi = torch.empty((m, degree * width), device=x_block.device, dtype=torch.float32 if split else dtype)
-    lo = torch.empty_like(hi) if split else None
+    hi, lo = split_gemm.feature_buffers((m, degree * width), x_block.device, dtype, split, mixed)
     if m:
         grid = (triton.cdiv(m, FEATURE_BLOCK_M), triton.cdiv(width, FEATURE_BLOCK_I))
         launch(_features_kernel, grid, x_block, hi, hi if lo is None else lo, m, width, x_block.stride(0),
-               D=degree, SPLIT=split, BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
+               hi.numel(), D=degree, SPLIT=split, MIXED=mixed, BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
     return hi, lo
 
 
@@ -109,7 +108,7 @@ class _ChebyKANGemm(torch.autograd.Function):
                 return product.one(features, _block_weight(coeffs, 0, n_in, dtype), bias=bias.to(dtype))
             y = bias.expand(m, n_out).contiguous()
             for i0, i1 in blocks:
-                features = _features(x[:, i0:i1], degree, dtype, product.split)
+                features = _features(x[:, i0:i1], degree, dtype, product.split, product.mixed)
                 y = product(features, product.parts(_block_weight(coeffs, i0, i1, dtype)), out=y)
                 del features
         return y.to(dtype)
@@ -138,7 +137,7 @@ class _ChebyKANGemm(torch.autograd.Function):
                            dx.stride(0), D=degree, BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
                     del dfeat
                 if dcoeffs is not None:
-                    features = _features(x[:, i0:i1], degree, dtype, product.split)
+                    features = _features(x[:, i0:i1], degree, dtype, product.split, product.mixed)
                     dw = product(transposed(features), dy_parts)  # (D * width, out)
                     del features
                     dcoeffs[i0:i1, :, 1:] = dw.view(degree, width, -1).permute(1, 2, 0)

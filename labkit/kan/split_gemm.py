@@ -10,10 +10,17 @@ fp32 keeps fp32 accuracy with three TF32 GEMMs per product ("3xTF32"): each oper
 into a TF32 part (the float with its 13 low mantissa bits cleared, so TF32 holds it exactly)
 and the rest, and ``a @ b ~ a_hi @ b_hi + a_hi @ b_lo + a_lo @ b_hi``; the dropped
 ``a_lo @ b_lo`` is about 2^-20 of the product. :class:`Product` does the bookkeeping.
+
+The two cross terms are themselves about 2^-11 of the product, so they can also be done in
+bf16 (:data:`FP32_CROSS_TERMS` = ``"bf16"``), whose GEMMs run at twice TF32's rate: each
+operand then keeps its TF32 part in fp32 and two bf16 planes, ``t`` and ``t - t_hi``
+rounded to bf16, and ``a @ b ~ a_hi @ b_hi + a16 @ b_rest16 + a_rest16 @ b16``. bf16's 8-bit
+significand puts the error of each cross term at about 2^-20 of the product: near the
+rounding error of an fp32 GEMM's own long sums, against about 2^-22 for 3xTF32.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import triton
@@ -30,26 +37,37 @@ from labkit.backend import cublas_tf32, interpret_mode, patch_triton_interpreter
 #: bf16 1.72 / 1.40 / 1.36 ms. Peak memory rose from 207 to 350 MiB in fp32 (Linear+GELU: 192;
 #: the issue allows twice that) and from 87 to 119 MiB in bf16.
 FEATURE_BUFFER_BYTES = 128 * 2**20
+#: The cross terms of the fp32 products: ``"tf32"`` (3xTF32) or ``"bf16"`` (see the module
+#: docstring). Read when a layer call starts (its backward uses the same).
+FP32_CROSS_TERMS = "tf32"
 INPUT_ALIGN = 16  # blocks of inputs are multiples of this: 16-byte aligned GEMM operands
 FEATURE_BLOCK_M, FEATURE_BLOCK_I = 64, 32  # the (rows, inputs) tile of the feature kernels
 
 
 @triton.jit
-def store_feature(hi_ptr, lo_ptr, offsets, value, mask, SPLIT: tl.constexpr):
-    """Store an fp32 tile: as (TF32 part, rest) into ``hi`` and ``lo`` when ``SPLIT``, else cast to hi's dtype."""
+def store_feature(hi_ptr, lo_ptr, offsets, value, mask, SPLIT: tl.constexpr, LO_PLANE, MIXED: tl.constexpr):
+    """Store an fp32 tile: as (TF32 part, rest) into ``hi`` and ``lo`` when ``SPLIT``, else cast to hi's dtype.
+
+    ``MIXED`` (with SPLIT): ``lo`` is bf16 with two planes ``LO_PLANE`` elements apart, the
+    value itself and the rest, both rounded to bf16 (see :data:`FP32_CROSS_TERMS`).
+    """
     if SPLIT:
         hi = (value.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # 13 low mantissa bits cleared
         tl.store(hi_ptr + offsets, hi, mask=mask)
-        tl.store(lo_ptr + offsets, value - hi, mask=mask)
+        if MIXED:
+            tl.store(lo_ptr + offsets, value.to(tl.bfloat16, fp_downcast_rounding="rtne"), mask=mask)
+            tl.store(lo_ptr + LO_PLANE + offsets, (value - hi).to(tl.bfloat16, fp_downcast_rounding="rtne"), mask=mask)
+        else:
+            tl.store(lo_ptr + offsets, value - hi, mask=mask)
     else:
         tl.store(hi_ptr + offsets, value.to(hi_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _split_kernel(src_ptr, hi_ptr, lo_ptr, N, BLOCK: tl.constexpr):
+def _split_kernel(src_ptr, hi_ptr, lo_ptr, N, MIXED: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offsets < N
-    store_feature(hi_ptr, lo_ptr, offsets, tl.load(src_ptr + offsets, mask=ok).to(tl.float32), ok, True)
+    store_feature(hi_ptr, lo_ptr, offsets, tl.load(src_ptr + offsets, mask=ok).to(tl.float32), ok, True, N, MIXED)
 
 
 def launch(kernel, grid, *args, **meta):
@@ -59,12 +77,35 @@ def launch(kernel, grid, *args, **meta):
     kernel[grid](*args, **meta)
 
 
-def split_tf32(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) in fp32 with ``hi + lo == t`` exactly, ``hi`` exact in TF32 and ``|lo| <= 2^-10 |t|``."""
+@contextmanager
+def fp32_cross_terms(kind: str):
+    """Layer calls inside the ``with`` block use ``kind`` (``"tf32"`` or ``"bf16"``) for the
+    cross terms of their fp32 products (:data:`FP32_CROSS_TERMS`)."""
+    global FP32_CROSS_TERMS
+    before, FP32_CROSS_TERMS = FP32_CROSS_TERMS, kind
+    try:
+        yield
+    finally:
+        FP32_CROSS_TERMS = before
+
+
+def feature_buffers(shape: tuple[int, ...], device, dtype: torch.dtype, split: bool, mixed: bool = False):
+    """``(hi, lo)`` to write an operand of ``shape`` into: fp32 halves when ``split`` (``lo`` as
+    two bf16 planes when ``mixed``), else one buffer of ``dtype`` and None."""
+    if not split:
+        return torch.empty(shape, device=device, dtype=dtype), None
+    hi = torch.empty(shape, device=device, dtype=torch.float32)
+    lo = torch.empty((2, *shape) if mixed else shape, device=device, dtype=torch.bfloat16 if mixed else torch.float32)
+    return hi, lo
+
+
+def split_tf32(t: torch.Tensor, mixed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) with ``hi + lo == t`` exactly, ``hi`` exact in TF32 and ``|lo| <= 2^-10 |t|``
+    (both fp32); with ``mixed``, ``lo`` holds two bf16 planes: ``t`` and ``t - hi`` rounded."""
     t = t.contiguous()
-    hi, lo = torch.empty_like(t, dtype=torch.float32), torch.empty_like(t, dtype=torch.float32)
+    hi, lo = feature_buffers(t.shape, t.device, torch.float32, True, mixed)
     if t.numel():
-        launch(_split_kernel, (triton.cdiv(t.numel(), 1024),), t, hi, lo, t.numel(), BLOCK=1024)
+        launch(_split_kernel, (triton.cdiv(t.numel(), 1024),), t, hi, lo, t.numel(), MIXED=mixed, BLOCK=1024)
     return hi, lo
 
 
@@ -77,18 +118,24 @@ class Product:
     """
 
     def __init__(self, precision: str, compute_dtype: torch.dtype):
+        if FP32_CROSS_TERMS not in ("tf32", "bf16"):
+            raise ValueError(f"split_gemm.FP32_CROSS_TERMS must be 'tf32' or 'bf16', got {FP32_CROSS_TERMS!r}")
         self.split = compute_dtype == torch.float32 and precision in ("tf32x3", "interpreter")
+        self.mixed = self.split and FP32_CROSS_TERMS == "bf16"
         self.tf32 = compute_dtype == torch.float32 and precision in ("tf32", "tf32x3")
 
     def parts(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The operand as the products want it: (hi, lo) when split, else (t, None)."""
-        return split_tf32(t) if self.split else (t, None)
+        return split_tf32(t, self.mixed) if self.split else (t, None)
 
     def __call__(self, a, b, out=None):
         """``a @ b``, added to ``out`` when given; ``a`` and ``b`` are (hi, lo) pairs. A 16-bit
         product is added to an fp32 ``out`` in fp32 (on the CPU: rounded to 16 bits first)."""
         (a_hi, a_lo), (b_hi, b_lo) = a, b
-        terms = [(a_hi, b_hi)] + ([(a_hi, b_lo), (a_lo, b_hi)] if self.split else [])
+        if self.mixed:  # lo: bf16 planes (t, rest); the cross terms t16 @ rest16 and rest16 @ t16
+            terms = [(a_hi, b_hi), (a_lo[0], b_lo[1]), (a_lo[1], b_lo[0])]
+        else:
+            terms = [(a_hi, b_hi)] + ([(a_hi, b_lo), (a_lo, b_hi)] if self.split else [])
         with self._precision():  # entered once for the three products, not once per product
             for x, y in terms:
                 out = self._gemm(x, y, out)
@@ -116,13 +163,13 @@ class Product:
         return out
 
     def element_bytes(self, compute_dtype: torch.dtype) -> int:
-        """Bytes per feature in the buffer: two fp32 halves when split."""
+        """Bytes per feature in the buffer: two fp32 halves (or fp32 and two bf16 planes) when split."""
         return 8 if self.split else compute_dtype.itemsize
 
 
 def transposed(parts):
-    """The (hi, lo) pair of ``t.T``."""
-    return tuple(None if t is None else t.t() for t in parts)
+    """The (hi, lo) pair of ``t.T`` (bf16 planes transposed plane by plane)."""
+    return tuple(None if t is None else t.mT for t in parts)
 
 
 def inputs_per_block(rows: int, n_in: int, n_features: int, element_bytes: int, share: float = 1.0) -> int:
