@@ -121,6 +121,18 @@ def test_sampler_recovers_a_gaussian(alpha, corrections, tau):
     assert (x.mean(0) - m).abs().max() < 0.25 * s
 
 
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_ancestral_sampler_recovers_a_gaussian(alpha):
+    """ancestral = 1 (DDPM's posterior noise at every step) samples the same Gaussian."""
+    m, s = torch.linspace(-2, 3, 64), 0.5
+    torch.manual_seed(0)
+    x = gaussian_sde(m, s, alpha).sample((512,), steps=256, progress=False, ancestral=1.0)
+    assert abs(x.std(0).mean().item() / s - 1) < 0.05
+    assert (x.mean(0) - m).abs().max() < 0.25 * s
+    with pytest.raises(ValueError, match="ancestral must be in"):
+        gaussian_sde(m, s, alpha).sample((2,), steps=2, progress=False, ancestral=1.5)
+
+
 def test_corrector_inflates_the_variance_with_large_tau():
     """The corrector is an unadjusted Langevin step of size tau * Var: on a Gaussian its relative
     variance excess e obeys e <- (1 - tau)^2 e + tau^2, a fixed point tau / (2 - tau) (1/3 for tau = 0.5)."""

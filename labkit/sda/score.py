@@ -180,12 +180,15 @@ class VPSDE(nn.Module):
 
     @torch.no_grad()
     def sample(self, shape: Sequence[int] | int = (), c=None, steps: int = 64, corrections: int = 0,
-               tau: float = 1.0, progress: bool = True) -> torch.Tensor:
+               tau: float = 1.0, progress: bool = True, ancestral: float = 0.0) -> torch.Tensor:
         """Draw samples of shape (*shape, *self.shape), integrating from t = 1 down to t = 0.
 
         ``steps`` predictor steps on an even grid, each followed by ``corrections`` Langevin
         steps of relative size ``tau`` (the paper uses 256 steps, 1 correction, tau = 0.5 for
-        Kolmogorov). Guided scores compute gradients inside (they re-enable autograd).
+        Kolmogorov). ``ancestral`` in [0, 1] re-injects that fraction of the noise of DDPM's
+        posterior q(x_s | x_t, x_0) at each predictor step (DDIM's eta: 0 is the exponential
+        integrator, 1 ancestral sampling). Guided scores compute gradients inside (they
+        re-enable autograd).
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -193,6 +196,8 @@ class VPSDE(nn.Module):
             raise ValueError(f"corrections must be an integer >= 0, got {corrections!r}")
         if not tau > 0:
             raise ValueError(f"tau must be > 0 (the Langevin step size relative to sigma^2), got {tau!r}")
+        if not 0 <= ancestral <= 1:
+            raise ValueError(f"ancestral must be in [0, 1] (0: the exponential integrator), got {ancestral!r}")
         shape = torch.Size((shape,) if isinstance(shape, int) else shape)
         like = self._anchor
         x = torch.randn(shape + self.shape, dtype=like.dtype, device=like.device)
@@ -202,9 +207,19 @@ class VPSDE(nn.Module):
 
         for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
             t, s = time[i], time[i + 1]
-            # Predictor: exponential integrator from t to s.
+            # Predictor: exponential integrator from t to s, x_s = mu_s x0_hat + sigma_s eps, with
+            # (ancestral > 0) part of sigma_s's noise fresh: the posterior's std is
+            # sigma_s sqrt(sigma_t^2 - (mu_t / mu_s)^2 sigma_s^2) / sigma_t.
             r = self.mu(s) / self.mu(t)
-            x = r * x + (self.sigma(s) - r * self.sigma(t)) * _call(self.eps, x, t * ones, c)
+            e = _call(self.eps, x, t * ones, c)
+            if ancestral:
+                sigma_s, sigma_t = self.sigma(s), self.sigma(t)
+                spread = (sigma_t**2 - (sigma_s / r) ** 2).clamp(min=0).sqrt()
+                fresh = ancestral * sigma_s * spread / sigma_t
+                kept = (sigma_s**2 - fresh**2).clamp(min=0).sqrt()
+                x = r * (x - sigma_t * e) + kept * e + fresh * torch.randn_like(x)
+            else:
+                x = r * x + (self.sigma(s) - r * self.sigma(t)) * e
             # Corrector: Langevin steps at s, with delta' = tau sigma^2 / mean(eps^2) (eps form).
             for _ in range(corrections):
                 z = torch.randn_like(x)
