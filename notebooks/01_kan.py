@@ -492,7 +492,7 @@ for dtype in ("fp32", "bf16"):
     assert row["cheby_labkit_gemm", dtype]["median_ms"] < row["cheby_labkit", dtype]["median_ms"]
     fastest = min((r for r in head if r["status"] == "ok" and r["dtype"] == dtype
                    and r["impl"].startswith(("bspline", "pykan", "inkan"))), key=lambda r: r["median_ms"])
-    assert fastest["impl"] == "bspline_labkit_gemm", (dtype, fastest["impl"])
+    assert fastest["impl"].startswith("bspline_labkit_gemm"), (dtype, fastest["impl"])  # or its _mixed fp32 row
     assert not any(r["status"] == "ok" for r in head if r["impl"] == "pykan" and r["dtype"] == dtype)
 assert ratio("bspline_labkit_gemm", "bf16") <= 4 < ratio("bspline_labkit_gemm", "fp32")
 assert ratio("bspline_labkit_gemm", "bf16", "graph_vs_linear") > 4 and ratio("cheby_labkit_gemm", "bf16", "graph_vs_linear") > 2
