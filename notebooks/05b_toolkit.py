@@ -431,7 +431,8 @@ else:
 #   fast" is met, narrowly. At the shorter lengths one call is slower, 0.98x at 16,384 (2.40
 #   against 2.35 ms) and 0.81x at 4,096 (0.73 against 0.59 ms), while back to back labkit is
 #   ahead at both (1.014x and 1.019x) and so are its kernels alone (graph replay: 2.17 against
-#   2.21 ms and 0.537 against 0.554 ms). labkit is faster than the CUDA warp scan at every length.
+#   2.21 ms and 0.537 against 0.554 ms). Against the CUDA warp scan labkit is faster back to back
+#   at every length, and per call everywhere but forward + backward at 4,096 (0.73 against 0.64 ms).
 # * **Where the short rows lose.** One call pays the host's work before and between the kernels
 #   whenever that work outlasts the kernels. For forward + backward at 4,096 the call takes
 #   0.18 ms longer than a call back to back for labkit, 0.03 ms for accelerated-scan. The previous
