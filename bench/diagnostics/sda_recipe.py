@@ -9,14 +9,10 @@ SCALE_EPOCHS / SCALE_STEPS / SCALE_TRAJECTORIES shrink it for a CPU run; SCALE_C
 samples each trained model once per number of Langevin corrections)
 """
 import json, os, sys, time
-import numpy as np
-import torch
 from labkit.profile import profile
-from labkit.sda import stats
-from labkit.sda.assimilate import SCENARIOS, assimilate, observe, residual_std
-from labkit.sda.data import DatasetSpec, generate, read_split
-from labkit.sda.score import VPSDE
+from labkit.sda.data import DatasetSpec, generate
 from labkit.sda.train import TrainConfig, load_score, train
+from sda_judge import coarse_residual, held_out, spectrum_ratio
 
 cfg = profile(os.environ.get("SCALE_PROFILE", "full")).sda
 dev = os.environ.get("SCALE_DEVICE", "cuda")
@@ -30,10 +26,7 @@ folder = f"/tmp/kf_{cfg.size}_{trajectories}"
 t0 = time.time()
 generate(folder, spec, batch=cfg.batch, device=dev, progress=False)
 print(f"data {time.time() - t0:.0f} s", flush=True)
-test, _ = read_split(f"{folder}/test.h5")
-valid, _ = read_split(f"{folder}/valid.h5")
-held = np.concatenate([valid, test])
-_, e_data = stats.energy_spectrum(held)
+test, held, e_data = held_out(folder)
 for variant in sys.argv[1:]:
     variant_head, _, lr = variant.removesuffix("+spec").partition("@")  # "v:0.99@8e-4": loss, EMA decay, lr
     loss, _, ema = variant_head.partition(":")
@@ -48,19 +41,9 @@ for variant in sys.argv[1:]:
     score, _ = load_score(f"/tmp/run_{variant}", device=dev)
     score.eval()
     for corrections in corrections_list:
-        out = dict(trained, corrections=corrections)
-        torch.manual_seed(1)
         t0 = time.time()
-        x = VPSDE(score, (cfg.sample_length, 2, 64, 64)).to(dev).sample((2,), steps=steps, corrections=corrections, tau=0.5, progress=False)
-        x = x.float().cpu()
-        _, e_s = stats.energy_spectrum(x)
-        r = e_s / e_data
-        out.update(sample_s=round(time.time() - t0, 1), std=round(x.std().item(), 3), data_std=round(float(held.std()), 3),
-                   ratio=[round(float(v), 2) for v in r[1:17]], worst=round(float(np.abs(r[1:17] - 1).max()), 3))
-        scenario = SCENARIOS["coarse"]
-        truth = torch.as_tensor(test[1, :scenario.length]).to(dev)
-        y = observe(scenario, truth, torch.Generator().manual_seed(1))
-        torch.manual_seed(0)
-        post = assimilate(score, y, scenario, "sda", steps=steps, corrections=corrections, progress=False)
-        out["coarse_sda_residual"] = round(residual_std(scenario, post, y).item(), 4)
+        judged = spectrum_ratio(score, e_data, 2, cfg.sample_length, 64, steps, corrections, device=dev)
+        out = dict(trained, corrections=corrections, sample_s=round(time.time() - t0, 1),
+                   data_std=round(float(held.std()), 3), **judged)
+        out["coarse_sda_residual"] = coarse_residual(score, test, steps, corrections, device=dev)
         print(json.dumps(out), flush=True)

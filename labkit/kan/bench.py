@@ -57,12 +57,8 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         if impl == "bspline_labkit":
             return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton")), params
         if impl in ("bspline_labkit_gemm", "bspline_labkit_gemm_mixed"):
-            cross_terms = "bf16" if impl.endswith("_mixed") else "tf32"
-
-            def forward(x):
-                with split_gemm.fp32_cross_terms(cross_terms):  # the backward keeps the forward's choice
-                    return ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton", path="gemm")
-            return forward, params
+            return _split_gemm_case(impl, lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order,
+                                                                     backend="triton", path="gemm")), params
         if impl == "bspline_labkit_adapted":
             # Knots as after update_grid (each moved by up to 2% of a step, per input): the
             # kernels then take the general Cox-de Boor recursion instead of the uniform one.
@@ -81,12 +77,7 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         if impl == "cheby_labkit":
             return (lambda x: ops.chebykan(x, coeffs, backend="triton")), [coeffs]
         if impl in ("cheby_labkit_gemm", "cheby_labkit_gemm_mixed"):
-            cross_terms = "bf16" if impl.endswith("_mixed") else "tf32"
-
-            def forward(x):
-                with split_gemm.fp32_cross_terms(cross_terms):
-                    return ops.chebykan(x, coeffs, backend="triton", path="gemm")
-            return forward, [coeffs]
+            return _split_gemm_case(impl, lambda x: ops.chebykan(x, coeffs, backend="triton", path="gemm")), [coeffs]
         if impl == "cheby_seed":
             return (lambda x: reference.chebykan_seed_formulation(x, coeffs)), [coeffs]
         if impl == "cheby_recurrence":
@@ -105,6 +96,16 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
                            compile_basis=impl == "inkan").to(device)
         return layer, list(layer.parameters())
     raise ValueError(f"unknown implementation {impl!r}")
+
+
+def _split_gemm_case(impl: str, layer: Callable) -> Callable:
+    """``layer`` (a split-GEMM path) with its fp32 cross terms in bf16 for the ``_mixed`` rows, in TF32 otherwise."""
+    cross_terms = "bf16" if impl.endswith("_mixed") else "tf32"
+
+    def forward(x):
+        with split_gemm.fp32_cross_terms(cross_terms):  # the backward keeps the forward's choice
+            return layer(x)
+    return forward
 
 
 def make_step(impl: str, dtype: str, rows: int, d_in: int, d_out: int, device, **shape) -> Callable[[], None]:

@@ -75,8 +75,8 @@ class TrainConfig:
     trains the network inside :class:`GaussianSkip`, eps = sigma x / (mu^2 + sigma^2) + mu F.
     ``skip_spectrum`` (needs ``skip``) gives the skip the power spectrum of the training states
     (:func:`power_spectrum`; stored in the checkpoint): its Gaussian term then has the data's
-    spectrum instead of white noise's. ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps' (the original) or 'v' (the error of F
-    itself, which needs ``skip``). ``ema`` (None: off; the original has none) keeps an exponential
+    spectrum instead of white noise's. ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps'
+    (the original) or 'v' (the error of F itself, which needs ``skip``). ``ema`` (None: off; the original has none) keeps an exponential
     moving average of the weights with that decay per step; the sampler then uses the average.
     """
 

@@ -1,0 +1,44 @@
+"""What the issue-6 diagnostics measure, in one place (imported by sda_recipe.py, sda_resample.py
+and sda_sampler_sweep.py, which run from this folder).
+
+* :func:`spectrum_ratio`: unconditional trajectories sampled with seed 1, their std and the
+  ratio of their energy spectrum to the held-out data's at k = 1..16 (issue target: within 25%);
+* :func:`coarse_residual`: the coarse scenario's SDA posterior (observations of held-out
+  trajectory 1 with seed 1, sampling with seed 0) and its residual std relative to sigma_y
+  (issue target: <= 0.12).
+"""
+import numpy as np
+import torch
+
+from labkit.sda import stats
+from labkit.sda.assimilate import SCENARIOS, assimilate, observe, residual_std
+from labkit.sda.data import read_split
+from labkit.sda.score import VPSDE
+
+
+def held_out(folder: str):
+    """``(test, held, e_data)``: the test split, valid + test, and the latter's energy spectrum."""
+    test, _ = read_split(f"{folder}/test.h5")
+    held = np.concatenate([read_split(f"{folder}/valid.h5")[0], test])
+    return test, held, stats.energy_spectrum(held)[1]
+
+
+def spectrum_ratio(score, e_data, count: int, states: int, size: int, steps: int, corrections: int,
+                   tau: float = 0.5, ancestral: float = 0.0, device="cpu") -> dict:
+    """``std``, ``ratio`` (k = 1..16) and ``worst`` (max |ratio - 1|) of ``count`` sampled trajectories."""
+    torch.manual_seed(1)
+    x = VPSDE(score, (states, 2, size, size)).to(device).sample(
+        (count,), steps=steps, corrections=corrections, tau=tau, progress=False, ancestral=ancestral).float().cpu()
+    r = stats.energy_spectrum(x)[1] / e_data
+    return dict(std=round(x.std().item(), 3), ratio=[round(float(v), 2) for v in r[1:17]],
+                worst=round(float(np.abs(r[1:17] - 1).max()), 3))
+
+
+def coarse_residual(score, test, steps: int, corrections: int, tau: float = 0.5, device="cpu") -> float:
+    """The coarse scenario's SDA residual std (relative to sigma_y) on held-out trajectory 1."""
+    scenario = SCENARIOS["coarse"]
+    truth = torch.as_tensor(test[1, :scenario.length]).to(device)
+    y = observe(scenario, truth, torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    post = assimilate(score, y, scenario, "sda", steps=steps, corrections=corrections, tau=tau, progress=False)
+    return round(residual_std(scenario, post, y).item(), 4)
