@@ -24,15 +24,15 @@ def _gemm_with_grads(x, coeffs, dy, **kwargs):
     return y.detach(), dx, dc
 
 
-@pytest.fixture(params=["one block", "blocks of 16", "blocks of 16, bf16 cross terms"])
+@pytest.fixture(params=["one block", "blocks of 16", "blocks of 16, 3xTF32 cross terms"])
 def blocks(request, monkeypatch):
     from labkit.kan import split_gemm
 
     if request.param.startswith("blocks of 16"):
         # degree <= 5, fp32 halves; this path uses half the buffer
         monkeypatch.setattr(split_gemm, "FEATURE_BUFFER_BYTES", 2 * 16 * 37 * 5 * 8)
-    if request.param.endswith("bf16 cross terms"):  # fp32 cases only; 16-bit ones are unchanged
-        monkeypatch.setattr(split_gemm, "FP32_CROSS_TERMS", "bf16")
+    if request.param.endswith("3xTF32 cross terms"):  # not the default; fp32 cases only, 16-bit ones are unchanged
+        monkeypatch.setattr(split_gemm, "FP32_CROSS_TERMS", "tf32")
     return request.param
 
 

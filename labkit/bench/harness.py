@@ -155,14 +155,28 @@ def environment(device: torch.device | str) -> dict:
     except Exception:
         env["triton"] = None
     env["triton_interpret"] = os.environ.get("TRITON_INTERPRET") == "1"
+    env["host_cpu"] = _host_cpu()  # per-call times of small steps depend on it: the host issues the kernels
     try:
-        env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
+        git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, check=True,  # noqa: E731
+                                           cwd=Path(__file__).parent).stdout.strip()
+        env["git_commit"] = git("rev-parse", "--short", "HEAD")
+        # True: the code that ran had uncommitted changes to tracked files (the commit alone is not it)
+        env["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
     except Exception:
-        env["git_commit"] = None
+        env["git_commit"] = env["git_dirty"] = None
     return env
+
+
+def _host_cpu() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device_slug(env: dict) -> str:

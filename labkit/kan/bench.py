@@ -7,10 +7,11 @@ in fp32 and in bf16 autocast:
 * ``Linear+GELU`` of the same shape: the yardstick every ratio is taken against;
 * the seed's formulations (efficient-kan B-spline; ChebyKAN with ``acos``), eager and
   under ``torch.compile``;
-* labkit's Triton kernels: the fused ones (``bspline_labkit``, also on knots moved as by
-  ``update_grid``) and the split-GEMM paths (``bspline_labkit_gemm``, ``cheby_labkit_gemm``:
-  feature kernels around cuBLAS), in fp32 also with the cross terms of their 3xTF32 products
-  in bf16 (``_gemm_mixed``, ``split_gemm.FP32_CROSS_TERMS``);
+* labkit's Triton kernels: the split-GEMM paths the layers take by default
+  (``bspline_labkit_gemm``, ``cheby_labkit_gemm``: feature kernels around cuBLAS, in fp32
+  with the cross terms of the split products in bf16), in fp32 also with all three products
+  in TF32 (``_gemm_3xtf32``, ``split_gemm.FP32_CROSS_TERMS``), and the fused kernels
+  (``bspline_labkit``, also on knots moved as by ``update_grid``; ``cheby_labkit``);
 * the public peers ``pykan`` and ``inkan`` where they are installed and fit in memory.
 
 Then sweeps of batch, width, grid size and degree for the Triton kernels against
@@ -55,8 +56,9 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
         sc = _param(d_out, d_in, device=device, scale=1.0)
         params = [wb, ws, sc]
         if impl == "bspline_labkit":
-            return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton")), params
-        if impl in ("bspline_labkit_gemm", "bspline_labkit_gemm_mixed"):
+            return (lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order, backend="triton",
+                                              path="fused")), params
+        if impl in ("bspline_labkit_gemm", "bspline_labkit_gemm_3xtf32"):
             return _split_gemm_case(impl, lambda x: ops.bspline_kan(x, grid, wb, ws, sc, spline_order,
                                                                      backend="triton", path="gemm")), params
         if impl == "bspline_labkit_adapted":
@@ -66,7 +68,8 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
             step = grid[:, 1:2] - grid[:, :1]
             moved = grid + 0.02 * step * (torch.rand(grid.shape, generator=gen, device=device) - 0.5)
             adapted = moved.sort(dim=1).values
-            return (lambda x: ops.bspline_kan(x, adapted, wb, ws, sc, spline_order, backend="triton")), params
+            return (lambda x: ops.bspline_kan(x, adapted, wb, ws, sc, spline_order, backend="triton",
+                                              path="fused")), params
         ref = lambda x: reference.bspline_kan_reference(x, grid, wb, ws, sc, spline_order)  # noqa: E731
         if impl == "bspline_seed":
             return ref, params
@@ -75,8 +78,8 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
     if impl.startswith("cheby"):
         coeffs = _param(d_in, d_out, degree + 1, device=device, scale=1 / (d_in * (degree + 1)))
         if impl == "cheby_labkit":
-            return (lambda x: ops.chebykan(x, coeffs, backend="triton")), [coeffs]
-        if impl in ("cheby_labkit_gemm", "cheby_labkit_gemm_mixed"):
+            return (lambda x: ops.chebykan(x, coeffs, backend="triton", path="fused")), [coeffs]
+        if impl in ("cheby_labkit_gemm", "cheby_labkit_gemm_3xtf32"):
             return _split_gemm_case(impl, lambda x: ops.chebykan(x, coeffs, backend="triton", path="gemm")), [coeffs]
         if impl == "cheby_seed":
             return (lambda x: reference.chebykan_seed_formulation(x, coeffs)), [coeffs]
@@ -99,8 +102,8 @@ def make_case(impl: str, rows: int, d_in: int, d_out: int, device, grid_size=5, 
 
 
 def _split_gemm_case(impl: str, layer: Callable) -> Callable:
-    """``layer`` (a split-GEMM path) with its fp32 cross terms in bf16 for the ``_mixed`` rows, in TF32 otherwise."""
-    cross_terms = "bf16" if impl.endswith("_mixed") else "tf32"
+    """``layer`` (a split-GEMM path) with its fp32 cross terms in TF32 for the ``_3xtf32`` rows, in bf16 otherwise."""
+    cross_terms = "tf32" if impl.endswith("_3xtf32") else "bf16"
 
     def forward(x):
         with split_gemm.fp32_cross_terms(cross_terms):  # the backward keeps the forward's choice
@@ -167,11 +170,11 @@ def _with_ratios(rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
 
 
 HEADLINE_IMPLS = ("linear_gelu", "bspline_labkit", "bspline_labkit_adapted", "bspline_labkit_gemm",
-                  "bspline_labkit_gemm_mixed", "bspline_seed", "bspline_seed_compiled", "pykan", "inkan", "inkan_eager",
-                  "cheby_labkit", "cheby_labkit_gemm", "cheby_labkit_gemm_mixed", "cheby_seed", "cheby_recurrence",
+                  "bspline_labkit_gemm_3xtf32", "bspline_seed", "bspline_seed_compiled", "pykan", "inkan", "inkan_eager",
+                  "cheby_labkit", "cheby_labkit_gemm", "cheby_labkit_gemm_3xtf32", "cheby_seed", "cheby_recurrence",
                   "cheby_seed_compiled")
-#: fp32-only rows: the ``_mixed`` split-GEMM paths differ from the plain ones only in fp32 products
-FP32_ONLY = ("bspline_labkit_gemm_mixed", "cheby_labkit_gemm_mixed")
+#: fp32-only rows: the ``_3xtf32`` split-GEMM paths differ from the plain ones only in fp32 products
+FP32_ONLY = ("bspline_labkit_gemm_3xtf32", "cheby_labkit_gemm_3xtf32")
 
 
 def run(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:

@@ -18,22 +18,22 @@ slopes. The block of inputs is sized so that the feature buffer stays under
 :data:`labkit.kan.split_gemm.FEATURE_BUFFER_BYTES`: the layer's extra memory stays bounded
 at any width.
 
-fp32 runs as three TF32 GEMMs per product (3xTF32, fp32 accuracy; see
-:mod:`labkit.kan.split_gemm`): the feature kernel writes both halves of each feature. With
-TF32 allowed in PyTorch one TF32 GEMM is used instead, and with ``LABKIT_KAN_FP32_DOT=ieee``
-one exact fp32 GEMM. 16-bit operands take one GEMM each.
+fp32 keeps fp32 accuracy by splitting every product (see :mod:`labkit.kan.split_gemm`): the
+operands' TF32 parts are multiplied in TF32 and the two cross terms in bf16 (or all three in
+TF32, ``split_gemm.FP32_CROSS_TERMS = "tf32"``); the feature kernel writes every part of each
+feature. With TF32 allowed in PyTorch one TF32 GEMM is used instead, and with
+``LABKIT_KAN_FP32_DOT=ieee`` one exact fp32 GEMM. 16-bit operands take one GEMM each.
 
 Everything is tested against the PyTorch reference in ``tests/test_kan_gemm_bspline.py``
 (on the CPU the GEMMs are exact fp32 matmuls and the kernels run in Triton's interpreter).
 
 On an H100 at 4096 x 768 -> 3072 (forward + backward, one call; the ``kan`` suite's
-``kan.json`` of 2026-12-06) this path is the fastest B-spline layer measured: with the 128 MiB
-feature buffer 6.63 ms in fp32 and 1.22 ms in bf16, against 22.3 / 2.6 ms for the fused
-kernels, 11.8 / 2.0 ms for the seed's formulation under ``torch.compile`` and 11.1 / 1.6 ms
-for inkan (Linear+GELU: 1.48 / 0.60 ms; 4.5x and 2.0x). In fp32 the GEMMs are almost all of it (6.6 of 7.3 ms of GPU
-time at the 32 MiB buffer, bench/diagnostics/gemm_profile.py): 3xTF32 does three times a
-plain GEMM's work. :data:`labkit.kan.ops.DEFAULT_BSPLINE_PATH` is still ``"fused"``: the
-chapters' B-spline runs were made with it, and switching means running them again.
+``kan.json`` of 2026-12-06) this path took 4.78 ms in fp32 (7.21 ms with 3xTF32) and 2.07 ms
+in bf16, against 22.5 / 2.7 ms for the fused kernels, 11.9 / 2.3 ms for the seed's formulation
+under ``torch.compile`` and 10.9 / 1.7 ms for inkan (Linear+GELU: 1.52 / 0.58 ms; 3.2x and
+3.6x, at 1.82x and 0.82x its peak memory). In fp32 the GEMMs are almost all of it
+(bench/diagnostics/gemm_profile.py). :data:`labkit.kan.ops.DEFAULT_BSPLINE_PATH` is still
+``"fused"``: the chapters' B-spline runs were made with it, and switching means running them again.
 """
 from __future__ import annotations
 

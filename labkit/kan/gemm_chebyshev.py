@@ -5,19 +5,20 @@ coeffs[i, o, d]``, with the same bias trick (``T_0 = 1``: degree 0 is the bias `
 coeffs[i, o, 0]``, its gradient the column sums of ``dy``), computed block of inputs by block:
 
 1. a Triton kernel writes ``T_1 .. T_D`` of ``tanh x`` for the block into a buffer laid out
-   ``(rows, D, inputs)`` (both TF32 halves in fp32; see :mod:`labkit.kan.split_gemm`);
+   ``(rows, D, inputs)`` (in fp32 split in parts; see :mod:`labkit.kan.split_gemm`);
 2. cuBLAS multiplies it by the block's coefficients, arranged ``(D, inputs, out)``.
 
 Backward: ``dfeatures = dy @ W_block.T`` and ``dW_block = features.T @ dy`` by cuBLAS (the
 features recomputed, not saved), and a Triton kernel mixes ``dfeatures`` into ``dx`` with
 ``T_d'(t) = d U_{d-1}(t)`` and ``1 - tanh^2``, both bounded: finite for every finite x.
 
-fp32 is 3xTF32 here too, as three cuBLAS TF32 GEMMs. Tested on the CPU
-(``tests/test_kan_gemm_chebyshev.py``) and on an H100, where at 4096 x 768 -> 3072, degree 3
-(forward + backward, one call; the ``kan`` suite, bench/results/.../kan.json of 2026-12-06) it
-took 2.84 ms in fp32 and 0.77 ms in bf16 with a 64 MiB buffer (half of
-:data:`split_gemm.FEATURE_BUFFER_BYTES`), against 4.71 / 0.95 ms for the fused kernels and
-1.48 / 0.60 ms for Linear+GELU: 1.92x and 1.28x, within the chapter's 2x budget in both dtypes.
+fp32 products are split as in :mod:`labkit.kan.split_gemm` here too (TF32 main term, bf16 cross
+terms). Tested on the CPU (``tests/test_kan_gemm_chebyshev.py``) and on an H100, where at
+4096 x 768 -> 3072, degree 3 (forward + backward; the ``kan`` suite, bench/results/.../kan.json
+of 2026-12-06) its kernels take 1.83 ms in fp32 and 0.48 ms in bf16 (Linear+GELU's: 1.36 /
+0.20 ms), but one call takes 3.88 / 1.51 ms (Linear+GELU 1.52 / 0.58 ms; 2.6x in both dtypes,
+over the chapter's 2x): the host issues the step's launches more slowly than the GPU runs them.
+It uses half of :data:`split_gemm.FEATURE_BUFFER_BYTES` (memory 1.25x / 0.83x Linear+GELU's).
 :data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` is still ``"fused"``: chapters 1 and 2 were run
 with it.
 """

@@ -12,11 +12,14 @@ and the rest, and ``a @ b ~ a_hi @ b_hi + a_hi @ b_lo + a_lo @ b_hi``; the dropp
 ``a_lo @ b_lo`` is about 2^-20 of the product. :class:`Product` does the bookkeeping.
 
 The two cross terms are themselves about 2^-11 of the product, so they can also be done in
-bf16 (:data:`FP32_CROSS_TERMS` = ``"bf16"``), whose GEMMs run at twice TF32's rate: each
+bf16 (:data:`FP32_CROSS_TERMS` = ``"bf16"``, the default), whose GEMMs run at twice TF32's rate: each
 operand then keeps its TF32 part in fp32 and two bf16 planes, ``t`` and ``t - t_hi``
 rounded to bf16, and ``a @ b ~ a_hi @ b_hi + a16 @ b_rest16 + a_rest16 @ b16``. bf16's 8-bit
 significand puts the error of each cross term at about 2^-20 of the product: near the
-rounding error of an fp32 GEMM's own long sums, against about 2^-22 for 3xTF32.
+rounding error of an fp32 GEMM's own long sums, against about 2^-22 for 3xTF32. On an H100 at
+the B-spline layer's shapes (bench/diagnostics/fp32_gemm_mixes.py, 2026-12-06) the three products
+of one block took 1.79 ms this way against 2.64 ms as 3xTF32 and 6.13 ms as plain fp32 GEMMs, all
+three with a largest error of about 1e-5 of the largest output (3xTF32 the same, plain fp32 3e-6).
 """
 from __future__ import annotations
 
@@ -37,9 +40,9 @@ from labkit.backend import cublas_tf32, interpret_mode, patch_triton_interpreter
 #: bf16 1.72 / 1.40 / 1.36 ms. Peak memory rose from 207 to 350 MiB in fp32 (Linear+GELU: 192;
 #: the issue allows twice that) and from 87 to 119 MiB in bf16.
 FEATURE_BUFFER_BYTES = 128 * 2**20
-#: The cross terms of the fp32 products: ``"tf32"`` (3xTF32) or ``"bf16"`` (see the module
+#: The cross terms of the fp32 products: ``"bf16"`` or ``"tf32"`` (3xTF32; see the module
 #: docstring). Read when a layer call starts (its backward uses the same).
-FP32_CROSS_TERMS = "tf32"
+FP32_CROSS_TERMS = "bf16"
 INPUT_ALIGN = 16  # blocks of inputs are multiples of this: 16-byte aligned GEMM operands
 FEATURE_BLOCK_M, FEATURE_BLOCK_I = 64, 32  # the (rows, inputs) tile of the feature kernels
 
@@ -157,8 +160,10 @@ class Product:
             return a @ b if bias is None else torch.addmm(bias, a, b)
         if a.dtype == out.dtype:
             return out.addmm_(a, b)
-        if out.is_cuda:  # 16-bit operands, fp32 result: cuBLAS adds into out (no 16-bit product, no add kernel)
-            return torch.addmm(out, a, b, out_dtype=out.dtype)
+        if out.is_cuda:  # 16-bit operands, fp32 result: cuBLAS adds into out in place (no 16-bit
+            # product, no add kernel; without out= a new fp32 result is allocated for every term,
+            # which raised the B-spline layer's peak by its largest product, 66 MiB at the suite's shape)
+            return torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
         out += a @ b  # the CPU has no mixed-dtype addmm
         return out
 
