@@ -206,6 +206,31 @@ def test_spectral_gaussian_skip():
         power_spectrum(torch.randn(4, 3, 8, 8))
 
 
+def test_skip_scaling_the_network_mode_by_mode():
+    """scale_modes: the network's term is mu sqrt(P / (mu^2 P + sigma^2)) F per Fourier mode: for
+    white data the plain skip's mu F divided by sqrt(mu^2 + sigma^2); a mode without energy gets none of F."""
+    from labkit.sda.score import _mu, _sigma
+
+    net = lambda x, t: torch.sin(3 * x) + 0.5  # noqa: E731  (any F with all modes, the mean one included)
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    t = torch.tensor([0.05, 0.4, 0.9])
+    x = torch.randn(3, 4, 2, 8, 8)
+    white = GaussianSkip(net)
+    scaled = GaussianSkip(net, spectrum=torch.ones(2, 8, 5), scale_modes=True)
+    gaussian = GaussianSkip(zero)(x, t)
+    mu = _mu(t, "cos", 1e-3)
+    norm = (mu**2 + _sigma(mu, 1e-3) ** 2).sqrt()[:, None, None, None, None]
+    torch.testing.assert_close(scaled(x, t) - gaussian, (white(x, t) - gaussian) / norm, rtol=1e-4, atol=1e-5)
+    # a spectrum with no energy in the mean mode (as a flow's): F's mean does not reach eps there
+    spectrum = torch.ones(2, 8, 5)
+    spectrum[:, 0, 0] = 0
+    out = GaussianSkip(net, spectrum=spectrum, scale_modes=True)(x, t) - GaussianSkip(zero, spectrum=spectrum)(x, t)
+    assert out.mean(dim=(-2, -1)).abs().max() < 1e-5
+    assert out.abs().max() > 0.01  # the other modes do
+    with pytest.raises(ValueError, match="pass spectrum="):
+        GaussianSkip(net, scale_modes=True)
+
+
 def test_v_weighting_is_the_error_of_the_skipped_network():
     """loss(weighting='v') = mean((eps' - eps)^2 / mu^2), which under GaussianSkip is the plain mean
     squared error of F against its target (mu eps - sigma x) / (mu^2 + sigma^2)."""

@@ -121,6 +121,12 @@ def test_skip_with_the_data_spectrum(data, tmp_path):
     torch.testing.assert_close(score.spectrum, power_spectrum(torch.as_tensor(states)))
     with torch.no_grad():
         assert torch.isfinite(score(torch.randn(1, 7, 2, 16, 16), 1.0)).all()
+    with pytest.raises(ValueError, match="needs skip_spectrum=True"):
+        TrainConfig(skip=True, skip_modes=True, **TINY)
+    train(TrainConfig(epochs=1, skip=True, skip_spectrum=True, skip_modes=True, **TINY), data, tmp_path / "modes",
+          device="cpu", progress=False)
+    score, config = load_score(tmp_path / "modes")
+    assert config.skip_modes and score.scale_modes
 
 
 def test_v_loss_and_ema(data, tmp_path):

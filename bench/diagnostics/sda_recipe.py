@@ -2,8 +2,9 @@
 
 Per variant: train exactly the full profile's recipe (50 epochs, batch 128, 16 windows per trajectory),
 then 2 unconditional 64-state trajectories (256 steps, 1 correction, tau 0.5) -> std and E(k) ratio
-k = 1..16, and the coarse scenario's SDA residual. A variant is LOSS[:EMA][@LR][+spec], e.g.
-``v:0.999@8e-4`` (``+spec``: the skip with the training data's power spectrum).
+k = 1..16, and the coarse scenario's SDA residual. A variant is LOSS[:EMA][@LR][+spec|+modes], e.g.
+``v:0.999@8e-4`` (``+spec``: the skip with the training data's power spectrum; ``+modes``: that,
+and the network's term scaled mode by mode, ``TrainConfig.skip_modes``).
 Usage: python3 bench/diagnostics/sda_recipe.py eps v@8e-4   (SCALE_PROFILE / SCALE_DEVICE /
 SCALE_EPOCHS / SCALE_STEPS / SCALE_TRAJECTORIES shrink it for a CPU run; SCALE_CORRECTIONS=0,1
 samples each trained model once per number of Langevin corrections)
@@ -28,13 +29,13 @@ generate(folder, spec, batch=cfg.batch, device=dev, progress=False)
 print(f"data {time.time() - t0:.0f} s", flush=True)
 test, held, e_data = held_out(folder)
 for variant in sys.argv[1:]:
-    variant_head, _, lr = variant.removesuffix("+spec").partition("@")  # "v:0.99@8e-4": loss, EMA decay, lr
+    variant_head, _, lr = variant.removesuffix("+spec").removesuffix("+modes").partition("@")  # "v:0.99@8e-4"
     loss, _, ema = variant_head.partition(":")
     config = TrainConfig(epochs=epochs, batch_size=cfg.train_batch, hidden_channels=cfg.hidden_channels,
                          hidden_blocks=cfg.hidden_blocks, windows_per_trajectory=cfg.train_windows,
                          checkpoint_every=cfg.train_checkpoint_every, skip=True, loss=loss,
                          ema=float(ema) if ema else None, channels_last=dev == "cuda",
-                         lr=float(lr) if lr else TrainConfig.lr, skip_spectrum=variant.endswith("+spec"))
+                         lr=float(lr) if lr else TrainConfig.lr, skip_spectrum=variant.endswith(("+spec", "+modes")), skip_modes=variant.endswith("+modes"))
     t0 = time.time()
     history = train(config, folder, f"/tmp/run_{variant}", device=dev, progress=False, resume=False)
     trained = dict(variant=variant, steps=steps, train_s=round(time.time() - t0, 1), valid_loss=history[-1]["valid_loss"])

@@ -268,12 +268,29 @@ class GaussianSkip(nn.Module):
     on each state separately, so it too is the same for windows and whole trajectories: the
     channel axis holds the states' channels one state after the other (``(..., n * C, H, W)``
     or ``(..., n, C, H, W)``).
+
+    ``scale_modes`` (with ``spectrum``; ``TrainConfig.skip_modes``) also scales the network's term
+    mode by mode, ``mu sqrt(P(k) / (mu^2 P(k) + sigma^2)) F(k)``: F's effect on the denoised
+    estimate is then ``sqrt(V(k))`` times F, with V the Gaussian model's posterior variance of that
+    mode (EDM's output scaling, per Fourier mode). Without it F moves every mode by ``sigma``; at high
+    noise that is far more than the little a small scale can still be uncertain about, and a
+    trained F was seen to put 2-3x the data's energy into the smallest scales of its estimate there
+    (bench/results/nvidia-h100-80gb-hbm3/diag-sda-denoise.log). White data (P = 1) gives back the
+    plain skip up to the factor ``1 / sqrt(mu^2 + sigma^2)`` (between 0.7 and 1). On the CPU proxy
+    of issue 6 (bench/results/cpu/diag-sda-proxy.log) it did not help: with the v loss the samples'
+    worst E(k) ratio for k <= 16 fell from 0.58 to 0.49 without the corrector, and with one
+    correction the forcing mode grew 4.7x; with the eps loss the coarse SDA residual stayed at 0.14.
+    It did remove the small-scale excess (the denoiser's estimate there at 0.06-0.1 of the data's
+    energy, not above it): that excess is not what keeps the samples' spectra off.
     """
 
-    def __init__(self, net: nn.Module, alpha: str = "cos", eta: float = 1e-3, spectrum: torch.Tensor | None = None):
+    def __init__(self, net: nn.Module, alpha: str = "cos", eta: float = 1e-3, spectrum: torch.Tensor | None = None,
+                 scale_modes: bool = False):
         super().__init__()
         _check_schedule(alpha, eta)
-        self.net, self.alpha, self.eta = net, alpha, float(eta)
+        if scale_modes and spectrum is None:
+            raise ValueError("scale_modes=True scales the network mode by mode with the data's spectrum: pass spectrum=")
+        self.net, self.alpha, self.eta, self.scale_modes = net, alpha, float(eta), bool(scale_modes)
         if spectrum is not None:
             spectrum = torch.as_tensor(spectrum, dtype=torch.float32)
             if spectrum.dim() != 3 or not torch.all(torch.isfinite(spectrum)) or torch.any(spectrum < 0):
@@ -289,9 +306,13 @@ class GaussianSkip(nn.Module):
         if self.spectrum is None:
             mu, sigma = _expand(mu, x), _expand(sigma, x)
             return (sigma / (mu**2 + sigma**2)) * x + mu * out
+        if self.scale_modes:
+            return self._gaussian_eps(x, mu, sigma, out)
         return self._gaussian_eps(x, mu, sigma) + _expand(mu, x) * out
 
-    def _gaussian_eps(self, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def _gaussian_eps(self, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+        """The Gaussian term (plus, given ``out``, the network's term scaled mode by mode)."""
         channels, height, half = self.spectrum.shape
         # rfft2 keeps W // 2 + 1 columns, so the width is compared that way (odd widths too)
         if (x.shape[-2], x.shape[-1] // 2 + 1) != (height, half) or x.shape[-3] % channels:
@@ -300,7 +321,12 @@ class GaussianSkip(nn.Module):
         states = x.float().unflatten(-3, (-1, channels))  # (..., n, C, H, W)
         mu, sigma = _expand(mu, states), _expand(sigma, states)
         modes = torch.fft.rfft2(states, norm="ortho")
-        eps = torch.fft.irfft2(sigma * modes / (mu**2 * self.spectrum + sigma**2), s=x.shape[-2:], norm="ortho")
+        marginal = mu**2 * self.spectrum + sigma**2  # the variance of each mode of x_t
+        eps_modes = sigma * modes / marginal
+        if out is not None:
+            net_modes = torch.fft.rfft2(out.float().unflatten(-3, (-1, channels)), norm="ortho")
+            eps_modes = eps_modes + mu * (self.spectrum / marginal).sqrt() * net_modes
+        eps = torch.fft.irfft2(eps_modes, s=x.shape[-2:], norm="ortho")
         return eps.flatten(-4, -3)
 
 

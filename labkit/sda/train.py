@@ -75,7 +75,8 @@ class TrainConfig:
     trains the network inside :class:`GaussianSkip`, eps = sigma x / (mu^2 + sigma^2) + mu F.
     ``skip_spectrum`` (needs ``skip``) gives the skip the power spectrum of the training states
     (:func:`power_spectrum`; stored in the checkpoint): its Gaussian term then has the data's
-    spectrum instead of white noise's. ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps'
+    spectrum instead of white noise's. ``skip_modes`` (needs ``skip_spectrum``) scales the network's
+    term mode by mode (:class:`GaussianSkip`'s ``scale_modes``). ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps'
     (the original) or 'v' (the error of F itself, which needs ``skip``). ``ema`` (None: off; the original has none) keeps an exponential
     moving average of the weights with that decay per step; the sampler then uses the average.
     """
@@ -100,6 +101,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     skip: bool = False
     skip_spectrum: bool = False
+    skip_modes: bool = False
     loss: str = "eps"
     ema: float | None = None
 
@@ -136,13 +138,15 @@ class TrainConfig:
                              "non-empty and of the same length, one entry per U-Net level")
         if self.amp not in AMPS:
             raise ValueError(f"amp must be one of {AMPS}, got {self.amp!r}")
-        for name in ("channels_last", "compile", "skip", "skip_spectrum"):
+        for name in ("channels_last", "compile", "skip", "skip_spectrum", "skip_modes"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.loss not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss must be one of {LOSS_WEIGHTINGS}, got {self.loss!r}")
         if self.skip_spectrum and not self.skip:
             raise ValueError("skip_spectrum=True needs skip=True (it is the skip's Gaussian term)")
+        if self.skip_modes and not self.skip_spectrum:
+            raise ValueError("skip_modes=True needs skip_spectrum=True (the modes are scaled by the data's spectrum)")
         if self.loss == "v" and not self.skip:
             raise ValueError("loss='v' needs skip=True: a plain eps network's error at t ~ 1 would be "
                              "weighted by 1 / mu(1)^2 = 1e6")
@@ -166,7 +170,8 @@ def as_eps(network: nn.Module, config: TrainConfig, spectrum: torch.Tensor | Non
         raise ValueError("this run's skip uses the training data's power spectrum; pass it (spectrum=...)")
     if not config.skip:
         return network
-    return GaussianSkip(network, config.alpha, config.eta, spectrum if config.skip_spectrum else None)
+    return GaussianSkip(network, config.alpha, config.eta, spectrum if config.skip_spectrum else None,
+                        scale_modes=config.skip_modes)
 
 
 def load_score(out_dir: str | os.PathLike, device="cpu") -> tuple[nn.Module, TrainConfig]:
@@ -459,6 +464,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--skip-spectrum", action="store_true",
                         help="the skip's Gaussian term with the training data's power spectrum (needs --skip "
                              "or a profile with it)")
+    parser.add_argument("--skip-modes", action="store_true",
+                        help="scale the network's term mode by mode with the data's spectrum (needs --skip-spectrum)")
     parser.add_argument("--loss", choices=LOSS_WEIGHTINGS, default=None,
                         help="loss weighting: eps (the original) or v (needs --skip; default: the profile's)")
     parser.add_argument("--ema", type=float, default=None,
@@ -484,7 +491,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          windows_per_trajectory=args.windows_per_trajectory or sizes.train_windows,
                          checkpoint_every=args.checkpoint_every or sizes.train_checkpoint_every,
                          skip=args.skip or sizes.train_skip, skip_spectrum=args.skip_spectrum,
-                         loss=args.loss or sizes.train_loss,
+                         skip_modes=args.skip_modes, loss=args.loss or sizes.train_loss,
                          ema=args.ema if args.ema is not None else sizes.train_ema)
     with closing_process_group():
         history = train(config, data, args.out, device=args.device, progress=not args.no_progress,
