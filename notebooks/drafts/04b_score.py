@@ -297,7 +297,7 @@ if P.name == "full":
 # adding the gradient of a Gaussian likelihood to the prior's score: with the denoised estimate
 # $\hat x = (x_t - \sigma\hat\epsilon)/\mu$,
 # $\log p(y \mid x_t) \approx \log\mathcal N\big(y \mid A(\hat x),\ \sigma_y^2 + \gamma\,(\sigma/\mu)^2\big)$,
-# $\gamma = 10^{-2}$. The $\gamma$ term is what keeps the guidance stable early on, when
+# with $\gamma$ the profile's `assimilate_gamma` (the paper's $10^{-2}$). The $\gamma$ term is what keeps the guidance stable early on, when
 # $\mu \approx 10^{-3}$ magnifies the network's errors a thousandfold. The baseline, DPS, uses a
 # normalised gradient of $\|y - A(\hat x)\|^2$ instead and ignores $\sigma_y$.
 #
@@ -317,7 +317,8 @@ for name, index in (("coarse", 1), ("saturating", 2)):
     for method in ("sda", "dps"):
         torch.manual_seed(0)
         started = time.perf_counter()
-        x = assimilate(score, y, scenario, method, steps=cfg.sample_steps, corrections=cfg.sample_corrections)
+        x = assimilate(score, y, scenario, method, steps=cfg.sample_steps, corrections=cfg.assimilate_corrections,
+                       gamma=cfg.assimilate_gamma)
         seconds = time.perf_counter() - started
         results[name, method] = residual_std(scenario, x, y).item()
         posteriors[name, method] = x[0].float().cpu()
