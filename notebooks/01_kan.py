@@ -466,9 +466,10 @@ fig.tight_layout()
 #
 #   How fast the host is decides the per-call ratios at this size. An earlier run on another
 #   H100 (`kan-earlier.json`: the same kernels, named as before, so that its
-#   `cheby_labkit_gemm_mixed` row is the fp32 `cheby_labkit_gemm` here) had a host that issued `Linear+GELU`'s bf16 step in 0.30 ms instead of 0.58; there the
-#   ChebyKAN step took 2.37 ms in fp32 (1.69x, within budget) and 0.77 ms in bf16 (2.56x). The
-#   fused kernels stay far off (B-spline 14.8x and 4.7x, ChebyKAN 3.2x and 2.5x).
+#   `cheby_labkit_gemm_mixed` row is the fp32 `cheby_labkit_gemm` here) had a host that issued
+#   `Linear+GELU`'s bf16 step in 0.30 ms instead of 0.58; there the ChebyKAN step took 2.37 ms in
+#   fp32 (1.69x, within budget) and 0.77 ms in bf16 (2.56x). The fused kernels stay far off
+#   (B-spline 14.8x and 4.7x, ChebyKAN 3.2x and 2.5x).
 # * Against the alternatives, the split-GEMM B-spline path is the fastest B-spline layer in fp32:
 #   2.3x faster than inkan's compiled cubic layer (4.78 against 10.95 ms) and 2.5x faster than
 #   `torch.compile` of the document's formulation (11.86 ms). In bf16 per call inkan is faster on
