@@ -70,7 +70,8 @@ _SIZES: dict[str, dict[str, dict]] = {
         # samples blow up, see labkit.sda.score.GaussianSkip); paper keeps the original.
         # Sampling (notebook 4b): predictor steps and Langevin corrections (the paper: 256 and 1),
         # unconditional samples and their length in states; for data assimilation its own
-        # corrections and the guidance's gamma (the paper's 1e-2; see labkit.sda.score.GaussianScore). Fewer than 64 steps make the first
+        # corrections and the guidance's gamma (the paper's 1e-2; see labkit.sda.score.GaussianScore).
+        # Fewer than 64 steps make the first
         # predictor step from t = 1 amplify the network's error more than 3x (mu(t - dt) / mu(1)).
         "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16,
                       train_epochs=64, train_batch=4, hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1),

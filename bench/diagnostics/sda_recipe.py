@@ -37,11 +37,13 @@ for variant in sys.argv[1:]:
                          hidden_blocks=cfg.hidden_blocks, windows_per_trajectory=cfg.train_windows, window=window,
                          checkpoint_every=cfg.train_checkpoint_every, skip=True, loss=loss,
                          ema=float(ema) if ema else None, channels_last=dev == "cuda",
-                         lr=float(lr) if lr else TrainConfig.lr, skip_spectrum=variant.endswith(("+spec", "+modes")), skip_modes=variant.endswith("+modes"))
+                         lr=float(lr) if lr else TrainConfig.lr, skip_spectrum=variant.endswith(("+spec", "+modes")),
+                         skip_modes=variant.endswith("+modes"))
     t0 = time.time()
     run_dir = f"/tmp/run_{variant}" + (f"_w{window}" if window != TrainConfig.window else "")
     history = train(config, folder, run_dir, device=dev, progress=False, resume=False)
-    trained = dict(variant=variant, window=window, steps=steps, train_s=round(time.time() - t0, 1), valid_loss=history[-1]["valid_loss"])
+    trained = dict(variant=variant, window=window, steps=steps, train_s=round(time.time() - t0, 1),
+                   valid_loss=history[-1]["valid_loss"])
     score, _ = load_score(run_dir, device=dev)
     score.eval()
     for corrections in corrections_list:

@@ -7,10 +7,10 @@ in fp32 and in bf16 autocast:
 * ``Linear+GELU`` of the same shape: the yardstick every ratio is taken against;
 * the seed's formulations (efficient-kan B-spline; ChebyKAN with ``acos``), eager and
   under ``torch.compile``;
-* labkit's Triton kernels: the split-GEMM paths the layers take by default
-  (``bspline_labkit_gemm``, ``cheby_labkit_gemm``: feature kernels around cuBLAS, in fp32
-  with the cross terms of the split products in bf16), in fp32 also with all three products
-  in TF32 (``_gemm_3xtf32``, ``split_gemm.FP32_CROSS_TERMS``), and the fused kernels
+* labkit's Triton kernels: the split-GEMM paths, ``path="gemm"`` (``bspline_labkit_gemm``,
+  ``cheby_labkit_gemm``: feature kernels around cuBLAS, in fp32 with the cross terms of the
+  split products in bf16), in fp32 also with all three products in TF32 (``_gemm_3xtf32``,
+  ``split_gemm.FP32_CROSS_TERMS``), and the fused kernels the layers still take by default
   (``bspline_labkit``, also on knots moved as by ``update_grid``; ``cheby_labkit``);
 * the public peers ``pykan`` and ``inkan`` where they are installed and fit in memory.
 

@@ -76,9 +76,10 @@ class TrainConfig:
     ``skip_spectrum`` (needs ``skip``) gives the skip the power spectrum of the training states
     (:func:`power_spectrum`; stored in the checkpoint): its Gaussian term then has the data's
     spectrum instead of white noise's. ``skip_modes`` (needs ``skip_spectrum``) scales the network's
-    term mode by mode (:class:`GaussianSkip`'s ``scale_modes``). ``loss`` is the weighting of :meth:`VPSDE.loss`: 'eps'
-    (the original) or 'v' (the error of F itself, which needs ``skip``). ``ema`` (None: off; the original has none) keeps an exponential
-    moving average of the weights with that decay per step; the sampler then uses the average.
+    term mode by mode (:class:`GaussianSkip`'s ``scale_modes``). ``loss`` is the weighting of
+    :meth:`VPSDE.loss`: 'eps' (the original) or 'v' (the error of F itself, which needs ``skip``).
+    ``ema`` (None: off; the original has none) keeps an exponential moving average of the
+    weights with that decay per step; the sampler then uses the average.
     """
 
     epochs: int = 64
