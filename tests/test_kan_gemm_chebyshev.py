@@ -1,7 +1,8 @@
 """The split-GEMM Chebyshev-KAN path (feature kernels + cuBLAS) against the float64 reference.
 
-The same cases as ``test_kan_triton_chebyshev.py``. ``FEATURE_BUFFER_BYTES`` is shrunk so
-that 19 inputs run as blocks of 16 and 3 (the block offsets into x and coeffs are exercised).
+The same cases as ``test_kan_triton_chebyshev.py``, with 19 inputs in one block (the layer's
+usual case: the bias added by the first GEMM) and in blocks of 16 and 3 (the block offsets into
+x and coeffs, the bias's fp32 sum across blocks).
 """
 import pytest
 import torch
@@ -28,9 +29,8 @@ def _gemm_with_grads(x, coeffs, dy, **kwargs):
 def blocks(request, monkeypatch):
     from labkit.kan import split_gemm
 
-    if request.param.startswith("blocks of 16"):
-        # degree <= 5, fp32 halves; this path uses half the buffer
-        monkeypatch.setattr(split_gemm, "FEATURE_BUFFER_BYTES", 2 * 16 * 37 * 5 * 8)
+    if request.param.startswith("blocks of 16"):  # every dtype and degree: 19 inputs as 16 + 3
+        monkeypatch.setattr(split_gemm, "inputs_per_block", lambda *args, **kwargs: 16)
     if request.param.endswith("3xTF32 cross terms"):  # not the default; fp32 cases only, 16-bit ones are unchanged
         monkeypatch.setattr(split_gemm, "FP32_CROSS_TERMS", "tf32")
     return request.param
@@ -85,3 +85,29 @@ def test_dispatcher_path_and_bench_case():
     torch.testing.assert_close(outputs["cheby_labkit_gemm"], outputs["cheby_labkit"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="path must be one of"):
         ops.chebykan(x, torch.zeros(19, 23, 4), backend="triton", path="cublas")
+
+
+def test_benchmark_shape_runs_as_one_block():
+    """At the chapter's benchmark shape (4096 x 768, degree 3) both dtypes fit one block, so the
+    step issues each launch once (fp32: TF32 part plus two bf16 planes, 8 bytes per feature)."""
+    from labkit.kan import gemm_chebyshev, split_gemm
+
+    for element_bytes in (8, 2):
+        assert split_gemm.input_blocks(4096, 768, 3, element_bytes, gemm_chebyshev.BUFFER_SHARE) == [(0, 768)]
+    assert len(split_gemm.input_blocks(16384, 768, 3, 8, gemm_chebyshev.BUFFER_SHARE)) == 3  # 4x the rows: 336 a block
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("wanted", ["dx only", "dcoeffs only"])
+def test_one_gradient_at_a_time(device, dtype, wanted, blocks):
+    """Backward makes dx and the weight gradient's features in one launch when it needs both;
+    each alone must come out the same."""
+    from labkit.kan.gemm_chebyshev import chebykan_gemm
+
+    x, coeffs, dy = _make_inputs(37, 19, 23, 3, dtype, device)
+    _, dx_ref, dc_ref = _reference_with_grads(x, coeffs, dy)
+    x.requires_grad_(wanted == "dx only")
+    coeffs.requires_grad_(wanted == "dcoeffs only")
+    (grad,) = torch.autograd.grad(chebykan_gemm(x, coeffs), x if wanted == "dx only" else coeffs, dy)
+    assert relative_error(grad, dx_ref if wanted == "dx only" else dc_ref) < TOLERANCE[dtype]

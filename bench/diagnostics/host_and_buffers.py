@@ -6,9 +6,9 @@ Each case is timed four ways: ``event`` one call starting on an idle GPU (what t
 
     PYTHONPATH=$PWD python3 bench/diagnostics/host_and_buffers.py [host] [sweep] [scan]
 """
-import cProfile, io, pstats, sys, time
+import cProfile, io, pstats, sys
 import torch
-from labkit.bench.harness import peak_memory_mib, time_fn, time_graph, time_loop
+from labkit.bench.harness import host_ms, peak_memory_mib, time_fn, time_graph, time_loop
 from labkit.kan import bench, gemm_bspline, split_gemm
 
 dev = torch.device("cuda")
@@ -18,18 +18,6 @@ parts = sys.argv[1:] or ["host", "sweep", "scan"]
 def kan_step(impl, dtype):
     torch.manual_seed(0)
     return bench.make_step(impl, dtype, 4096, 768, 3072, dev)
-
-
-def host_ms(fn, n=20):
-    """Host time per call while the GPU is kept busy (so launches never wait)."""
-    fn(); torch.cuda.synchronize()
-    torch.cuda._sleep(int(2e9))  # ~1 s of GPU spinning
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = (time.perf_counter() - t0) / n * 1e3
-    torch.cuda.synchronize()
-    return t
 
 
 def timings(fn):

@@ -121,6 +121,21 @@ def time_graph(fn: Callable[[], object], device: torch.device | str, repeats: in
     return time_fn(graph.replay, device, warmup=3, repeats=repeats)
 
 
+def host_ms(fn: Callable[[], object], calls: int = 20) -> float:
+    """The host's time (ms) per call of ``fn`` while the GPU is kept busy, so that no launch
+    waits for the GPU: what the host costs a step, apart from the kernels. CUDA only. Keep
+    ``calls`` small: a queue of more launches than CUDA holds blocks the host and inflates it."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(2e9))  # about one second of GPU spinning
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = (time.perf_counter() - start) / calls * 1e3
+    torch.cuda.synchronize()
+    return elapsed
+
+
 def peak_memory_mib(fn: Callable[[], object], device: torch.device | str) -> float | None:
     """Extra CUDA memory (MiB) that one call of ``fn`` needs at its peak; None off CUDA."""
     device = torch.device(device)

@@ -2,23 +2,29 @@
 
 The same layer as :mod:`labkit.kan.triton_chebyshev`, ``y[m, o] = sum_{i, d} T_d(tanh x[m, i])
 coeffs[i, o, d]``, with the same bias trick (``T_0 = 1``: degree 0 is the bias ``sum_i
-coeffs[i, o, 0]``, its gradient the column sums of ``dy``), computed block of inputs by block:
+coeffs[i, o, 0]``, its gradient the column sums of ``dy``), computed block of inputs by block
+(one block at the chapter's sizes, see :data:`BUFFER_SHARE`):
 
-1. a Triton kernel writes ``T_1 .. T_D`` of ``tanh x`` for the block into a buffer laid out
+1. a Triton kernel packs the block's coefficients into a (D * inputs, out) matrix ordered
+   (degree, input), and in the same launch sums the bias;
+2. a Triton kernel writes ``T_1 .. T_D`` of ``tanh x`` for the block into a buffer laid out
    ``(rows, D, inputs)`` (in fp32 split in parts; see :mod:`labkit.kan.split_gemm`);
-2. cuBLAS multiplies it by the block's coefficients, arranged ``(D, inputs, out)``.
+3. cuBLAS multiplies the two, the bias added by the GEMM.
 
-Backward: ``dfeatures = dy @ W_block.T`` and ``dW_block = features.T @ dy`` by cuBLAS (the
-features recomputed, not saved), and a Triton kernel mixes ``dfeatures`` into ``dx`` with
-``T_d'(t) = d U_{d-1}(t)`` and ``1 - tanh^2``, both bounded: finite for every finite x.
+Backward: ``dfeatures = dy @ W.T`` by cuBLAS; one Triton kernel mixes ``dfeatures`` into ``dx``
+with ``T_d'(t) = d U_{d-1}(t)`` and ``1 - tanh^2`` (both bounded: finite for every finite x)
+and writes the features again (recomputed, not saved); ``dW = features.T @ dy`` by cuBLAS; a
+last kernel scatters ``dW`` and the column sums of ``dy`` into the coefficients' layout. A bf16
+step is eight launches (it was thirteen with PyTorch copies, splits and reductions around the
+GEMMs), an fp32 one seventeen (it was about forty, in two blocks).
 
 fp32 products are split as in :mod:`labkit.kan.split_gemm` here too (TF32 main term, bf16 cross
-terms). Tested on the CPU (``tests/test_kan_gemm_chebyshev.py``) and on an H100, where at
-4096 x 768 -> 3072, degree 3 (forward + backward; the ``kan`` suite, bench/results/.../kan.json
-of 2026-12-06) its kernels take 1.83 ms in fp32 and 0.48 ms in bf16 (Linear+GELU's: 1.36 /
-0.20 ms), but one call takes 3.88 / 1.51 ms (Linear+GELU 1.52 / 0.58 ms; 2.6x in both dtypes,
-over the chapter's 2x): the host issues the step's launches more slowly than the GPU runs them.
-It uses half of :data:`split_gemm.FEATURE_BUFFER_BYTES` (memory 1.25x / 0.83x Linear+GELU's).
+terms). Tested on the CPU (``tests/test_kan_gemm_chebyshev.py``) and on an H100
+(``pytest-kan-gemm-chebyshev.log``), where at 4096 x 768 -> 3072, degree 3 (forward + backward;
+the ``kan`` suite, bench/results/.../kan.json of 2026-12-06, a machine with a slow host) one call
+takes 2.06 ms in fp32 (1.39x Linear+GELU's, peak memory 1.27x) and 1.38 ms in bf16 (2.33x,
+memory 0.93x), its kernels 1.50 / 0.40 ms (Linear+GELU's 1.35 / 0.21 ms): in bf16 the host
+issues the step's launches more slowly than the GPU runs them.
 :data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` is still ``"fused"``: chapters 1 and 2 were run
 with it.
 """
@@ -35,56 +41,142 @@ from labkit.kan.triton_chebyshev import (
 )
 
 
-@triton.jit
-def _features_kernel(x_ptr, hi_ptr, lo_ptr, M, IN_BLOCK, stride_xm, LO_PLANE, D: tl.constexpr, SPLIT: tl.constexpr,
-                     MIXED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
-    """``features[m, d - 1, i] = T_d(tanh x[m, i])``, d = 1..D, for one (rows, inputs) tile of the block."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    ok = (rows[:, None] < M) & (ins[None, :] < IN_BLOCK)
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + ins[None, :], mask=ok, other=0.0)
-    t, _ = _tanh_and_slope(x)
-    features = _chebyshev_features(t, D, tl.float32)
-    out = rows[:, None] * (D * IN_BLOCK) + ins[None, :]
-    for d in tl.static_range(D):
-        store_feature(hi_ptr, lo_ptr, out + d * IN_BLOCK, features[d], ok, SPLIT, LO_PLANE, MIXED)
+#: Share of :data:`split_gemm.FEATURE_BUFFER_BYTES` this layer's feature buffer may take. All of it:
+#: in fp32 at 4096 x 768, degree 3, the features then fit one block (72 MiB), so every kernel and
+#: GEMM runs once per step instead of twice (this layer's step was bound by how fast the host
+#: issued its launches), and peak memory stays within the 1.5x of Linear+GELU's that the
+#: chapter allows.
+BUFFER_SHARE = 1.0
+PACK_BLOCK_O = 32  # outputs per tile of the weight (un)packing kernels (see _pack_tile)
 
 
 @triton.jit
-def _feature_grads_kernel(x_ptr, dfeat_ptr, dx_ptr, M, IN_BLOCK, stride_xm, stride_dxm, D: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
-    """``dx[m, i] = (1 - t^2) sum_d dfeatures[m, d - 1, i] d U_{d-1}(t)`` with ``t = tanh x[m, i]``."""
+def _features_kernel(x_ptr, hi_ptr, lo_ptr, dfeat_ptr, dx_ptr, M, IN_BLOCK, stride_xm, stride_dxm, LO_PLANE,
+                     D: tl.constexpr, SPLIT: tl.constexpr, MIXED: tl.constexpr, FEATURES: tl.constexpr,
+                     DX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
+    """One (rows, inputs) tile of the block, from ``t = tanh x[m, i]``:
+
+    * ``FEATURES``: ``features[m, d - 1, i] = T_d(t)``, d = 1..D (forward, and the weight gradient);
+    * ``DX``: ``dx[m, i] = (1 - t^2) sum_d dfeatures[m, d - 1, i] d U_{d-1}(t)`` (``T_d' = d U_{d-1}``).
+
+    Backward asks for both in one launch where memory allows: x is read and tanh taken once."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     ok = (rows[:, None] < M) & (ins[None, :] < IN_BLOCK)
     t, tanh_slope = _tanh_and_slope(tl.load(x_ptr + rows[:, None] * stride_xm + ins[None, :], mask=ok, other=0.0))
-    at = dfeat_ptr + rows[:, None] * (D * IN_BLOCK) + ins[None, :]
-    u_prev = tl.zeros(t.shape, tl.float32)  # U_{-1}
-    u_cur = tl.full(t.shape, 1.0, tl.float32)  # U_0
-    total = tl.zeros(t.shape, tl.float32)
-    for d in tl.static_range(1, D + 1):  # T_d' = d U_{d-1}; u_cur holds U_{d-1} here
-        total += (d * u_cur) * tl.load(at + (d - 1) * IN_BLOCK, mask=ok, other=0.0).to(tl.float32)
-        u_next = 2.0 * t * u_cur - u_prev
-        u_prev = u_cur
-        u_cur = u_next
-    tl.store(dx_ptr + rows[:, None] * stride_dxm + ins[None, :], (tanh_slope * total).to(dx_ptr.dtype.element_ty),
-             mask=ok)
+    at = rows[:, None] * (D * IN_BLOCK) + ins[None, :]
+    if FEATURES:
+        features = _chebyshev_features(t, D, tl.float32)
+        for d in tl.static_range(D):
+            store_feature(hi_ptr, lo_ptr, at + d * IN_BLOCK, features[d], ok, SPLIT, LO_PLANE, MIXED)
+    if DX:
+        u_prev = tl.zeros(t.shape, tl.float32)  # U_{-1}
+        u_cur = tl.full(t.shape, 1.0, tl.float32)  # U_0
+        total = tl.zeros(t.shape, tl.float32)
+        for d in tl.static_range(1, D + 1):  # u_cur holds U_{d-1} here
+            total += (d * u_cur) * tl.load(dfeat_ptr + at + (d - 1) * IN_BLOCK, mask=ok, other=0.0).to(tl.float32)
+            u_next = 2.0 * t * u_cur - u_prev
+            u_prev = u_cur
+            u_cur = u_next
+        tl.store(dx_ptr + rows[:, None] * stride_dxm + ins[None, :],
+                 (tanh_slope * total).to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-def _features(x_block, degree, dtype, split, mixed=False):
+@triton.jit
+def _pack_weight_kernel(c_ptr, hi_ptr, lo_ptr, bias_ptr, N_IN, N_OUT, I0, WIDTH, stride_ci, stride_co, stride_cd,
+                        LO_PLANE, BIAS_ROW, D: tl.constexpr, DP: tl.constexpr, SPLIT: tl.constexpr,
+                        MIXED: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BIAS_BLOCK_I: tl.constexpr):
+    """``w[(d - 1) * WIDTH + i, o] = coeffs[I0 + i, o, d]`` (d = 1..D) for one (inputs, outputs)
+    tile, split like the features when ``SPLIT``: ``coeffs[i, o, 0..D]`` is read as one contiguous
+    (inputs, outputs, DP) tile and written out degree by degree. The programs of grid row
+    ``BIAS_ROW`` (-1: none) instead sum ``coeffs[i, o, 0]`` over all inputs for its
+    outputs into ``bias[o]`` (``T_0 = 1``), in fp32 and without atomics, beside the tiles: one
+    launch for what was a permuted copy, a split and a reduction."""
+    outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    if tl.program_id(1) == BIAS_ROW:
+        total = tl.zeros((BLOCK_O,), tl.float32)
+        for i0 in range(0, N_IN, BIAS_BLOCK_I):
+            ins = i0 + tl.arange(0, BIAS_BLOCK_I)
+            ok = (ins[:, None] < N_IN) & (outs[None, :] < N_OUT)
+            at = c_ptr + ins[:, None] * stride_ci + outs[None, :] * stride_co
+            total += tl.sum(tl.load(at, mask=ok, other=0.0).to(tl.float32), axis=0)
+        tl.store(bias_ptr + outs, total.to(bias_ptr.dtype.element_ty), mask=outs < N_OUT)
+    else:
+        ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)  # the input's row in this block's matrix
+        i3 = ins[:, None, None]
+        o3 = outs[None, :, None]
+        d3 = tl.arange(0, DP)[None, None, :]
+        at = c_ptr + (I0 + i3) * stride_ci + o3 * stride_co + d3 * stride_cd
+        tile = tl.load(at, mask=(i3 < WIDTH) & (o3 < N_OUT) & (d3 >= 1) & (d3 <= D), other=0.0).to(tl.float32)
+        ok = (ins[:, None] < WIDTH) & (outs[None, :] < N_OUT)
+        for d in tl.static_range(1, D + 1):
+            value = tl.sum(tl.where(d3 == d, tile, 0.0), axis=2)
+            store_feature(hi_ptr, lo_ptr, ((d - 1) * WIDTH + ins[:, None]) * N_OUT + outs[None, :], value, ok,
+                          SPLIT, LO_PLANE, MIXED)
+
+
+@triton.jit
+def _unpack_grad_kernel(dw_ptr, colsum_ptr, dc_ptr, N_OUT, I0, WIDTH, stride_dw, stride_ci, stride_co, stride_cd,
+                        D: tl.constexpr, DP: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+    """``dcoeffs[I0 + i, o, d] = dw[(d - 1) * WIDTH + i, o]`` (d = 1..D) and ``dcoeffs[I0 + i, o, 0] =
+    colsum[o]`` (``T_0 = 1``: the bias's gradient, ``dy`` summed over rows) for one tile, written
+    as whole contiguous ``(o, 0..D)`` runs."""
+    outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    i3 = ins[:, None, None]
+    o3 = outs[None, :, None]
+    d3 = tl.arange(0, DP)[None, None, :]
+    ok = (i3 < WIDTH) & (o3 < N_OUT)
+    grad = tl.load(dw_ptr + ((d3 - 1) * WIDTH + i3) * stride_dw + o3, mask=ok & (d3 >= 1) & (d3 <= D), other=0.0)
+    grad = grad.to(tl.float32) + tl.load(colsum_ptr + o3 + 0 * d3, mask=ok & (d3 == 0), other=0.0)
+    tl.store(dc_ptr + (I0 + i3) * stride_ci + o3 * stride_co + d3 * stride_cd, grad.to(dc_ptr.dtype.element_ty),
+             mask=ok & (d3 <= D))
+
+
+def _pack_tile(degree):
+    """(BLOCK_I, BLOCK_O, DP) of the packing kernels: 4,096 elements a tile whatever the degree."""
+    dp = triton.next_power_of_2(degree + 1)
+    return max(4, 128 // dp), PACK_BLOCK_O, dp
+
+
+def _features(x_block, degree, dtype, split, mixed=False, dfeat=None, dx=None, features=True):
+    """The features of ``x_block`` as (hi, lo) parts (see :func:`split_gemm.feature_buffers`) when
+    ``features``; with ``dfeat`` also ``dx`` (the same columns as ``x_block``) in the same launch."""
     m, width = x_block.shape
-    hi, lo = split_gemm.feature_buffers((m, degree * width), x_block.device, dtype, split, mixed)
-    if m:
+    hi, lo = split_gemm.feature_buffers((m, degree * width) if features else (0,), x_block.device, dtype, split, mixed)
+    if m and width:
         grid = (triton.cdiv(m, FEATURE_BLOCK_M), triton.cdiv(width, FEATURE_BLOCK_I))
-        launch(_features_kernel, grid, x_block, hi, hi if lo is None else lo, m, width, x_block.stride(0),
-               hi.numel(), D=degree, SPLIT=split, MIXED=mixed, BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
+        launch(_features_kernel, grid, x_block, hi, hi if lo is None else lo, x_block if dfeat is None else dfeat,
+               x_block if dx is None else dx, m, width, x_block.stride(0), x_block.stride(0) if dx is None else
+               dx.stride(0), hi.numel(), D=degree, SPLIT=split, MIXED=mixed, FEATURES=features, DX=dfeat is not None,
+               BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
+    return (hi, lo) if features else None
+
+
+def _block_weight(coeffs, i0, i1, dtype, split, mixed, bias=None):
+    """``coeffs[i0:i1, :, 1:]`` as a (D * width, out) matrix ordered (degree, input), as (hi, lo)
+    parts (see :func:`split_gemm.feature_buffers`); fills ``bias`` (out,) with the sum over all
+    inputs of ``coeffs[:, :, 0]`` when given."""
+    n_in, n_out, width = coeffs.shape[0], coeffs.shape[1], i1 - i0
+    degree = coeffs.shape[2] - 1
+    hi, lo = split_gemm.feature_buffers((degree * width, n_out), coeffs.device, dtype, split, mixed)
+    if n_out and (width or bias is not None):
+        block_i, block_o, dp = _pack_tile(degree)
+        grid = (triton.cdiv(n_out, block_o), triton.cdiv(width, block_i) + (bias is not None))
+        launch(_pack_weight_kernel, grid, coeffs, hi, hi if lo is None else lo, hi if bias is None else bias, n_in,
+               n_out, i0, width, *coeffs.stride(), hi.numel(), grid[1] - 1 if bias is not None else -1, D=degree,
+               DP=dp, SPLIT=split, MIXED=mixed, BLOCK_I=block_i, BLOCK_O=block_o, BIAS_BLOCK_I=128)
     return hi, lo
 
 
-def _block_weight(coeffs, i0, i1, dtype):
-    """``coeffs[i0:i1, :, 1:]`` as a (D * width, out) matrix ordered (degree, input)."""
-    w = coeffs[i0:i1, :, 1:].permute(2, 0, 1).to(dtype, memory_format=torch.contiguous_format)
-    return w.reshape(-1, coeffs.shape[1])
+def _scatter_grads(dw, colsum, dcoeffs, i0, i1):
+    """Write ``dw`` (D * width, out) into ``dcoeffs[i0:i1, :, 1:]`` and ``colsum`` into ``dcoeffs[i0:i1, :, 0]``."""
+    n_out, width, degree = dcoeffs.shape[1], i1 - i0, dcoeffs.shape[2] - 1
+    if n_out and width:
+        block_i, block_o, dp = _pack_tile(degree)
+        grid = (triton.cdiv(n_out, block_o), triton.cdiv(width, block_i))
+        launch(_unpack_grad_kernel, grid, dw, colsum, dcoeffs, n_out, i0, width, dw.stride(0), *dcoeffs.stride(),
+               D=degree, DP=dp, BLOCK_I=block_i, BLOCK_O=block_o)
 
 
 class _ChebyKANGemm(torch.autograd.Function):
@@ -94,24 +186,28 @@ class _ChebyKANGemm(torch.autograd.Function):
         m, n_in = x.shape
         n_out, degree = coeffs.shape[1], coeffs.shape[2] - 1
         product = Product(precision, dtype)
-        # Half the B-spline path's buffer: the issue allows this layer 1.5x Linear+GELU's memory
-        # (not 2x), and the split dy (two fp32 copies) already takes most of that.
-        blocks = split_gemm.input_blocks(m, n_in, degree, product.element_bytes(dtype), share=0.5) if degree else []
-        bias = coeffs[:, :, 0].sum(dim=0, dtype=torch.float32)  # T_0 = 1
-        ctx.save_for_backward(x, coeffs)
-        ctx.product, ctx.blocks, ctx.dtype = product, blocks, dtype
+        split, mixed = product.split, product.mixed
+        blocks = split_gemm.input_blocks(m, n_in, degree, product.element_bytes(dtype), BUFFER_SHARE) if degree else []
+        ctx.product, ctx.blocks, ctx.dtype, ctx.weight = product, blocks, dtype, None
         with _device_guard(x):
-            if len(blocks) == 1 and not product.split:
-                # One GEMM with the bias in its epilogue, rounded once to dtype: two kernels
-                # (an fp32 y filled with the bias, its cast at the end) fewer, which shows
-                # where the host's launches set the pace (bf16 at the benchmark's size).
-                features, _ = _features(x, degree, dtype, False)
-                return product.one(features, _block_weight(coeffs, 0, n_in, dtype), bias=bias.to(dtype))
-            y = bias.expand(m, n_out).contiguous()
-            for i0, i1 in blocks:
-                features = _features(x[:, i0:i1], degree, dtype, product.split, product.mixed)
-                y = product(features, product.parts(_block_weight(coeffs, i0, i1, dtype)), out=y)
-                del features
+            if len(blocks) == 1:
+                # The common case: one block, the bias added by the first GEMM (rounded once to
+                # dtype when that GEMM is the only one). Five launches in fp32, three in 16 bits.
+                bias = torch.empty(n_out, device=x.device, dtype=torch.float32 if split else dtype)
+                weight = _block_weight(coeffs, 0, n_in, dtype, split, mixed, bias)
+                if not split:
+                    ctx.weight = weight[0]  # 16-bit: small enough to keep for backward (one launch fewer)
+                features = _features(x, degree, dtype, split, mixed)
+                y = product(features, weight, bias=bias)
+            else:  # no inputs' features (degree 0), or several blocks: sum in fp32, then round
+                bias = torch.empty(n_out, device=x.device, dtype=torch.float32)
+                _block_weight(coeffs, 0, 0, dtype, split, mixed, bias)
+                y = bias.expand(m, n_out).contiguous()
+                for i0, i1 in blocks:
+                    features = _features(x[:, i0:i1], degree, dtype, split, mixed)
+                    y = product(features, _block_weight(coeffs, i0, i1, dtype, split, mixed), out=y)
+                    del features
+        ctx.save_for_backward(x, coeffs)
         return y.to(dtype)
 
     @staticmethod
@@ -119,29 +215,40 @@ class _ChebyKANGemm(torch.autograd.Function):
     def backward(ctx, dy):
         x, coeffs = ctx.saved_tensors
         product, dtype = ctx.product, ctx.dtype
-        m, _ = x.shape
+        split, mixed = product.split, product.mixed
+        m, n_in = x.shape
         degree = coeffs.shape[2] - 1
-        dy_parts = product.parts(dy.to(dtype).contiguous())
+        dy = dy.to(dtype).contiguous()
+        dy_parts = product.parts(dy)
         # Every block writes its columns of dx; only a layer without blocks (degree 0) has none.
         dx = (torch.empty_like(x) if ctx.blocks else torch.zeros_like(x)) if ctx.needs_input_grad[0] else None
-        dcoeffs = None
+        dcoeffs = colsum = None
         if ctx.needs_input_grad[1]:
             dcoeffs = torch.empty_like(coeffs)
-            dcoeffs[:, :, 0] = dy.sum(dim=0, dtype=torch.float32)  # T_0 = 1: the same for every input
+            colsum = dy.sum(dim=0, dtype=torch.float32)  # T_0 = 1: the bias's gradient, the same for every input
+            if not ctx.blocks:
+                _scatter_grads(colsum, colsum, dcoeffs, 0, n_in)  # degree 0: nothing else to write
         with _device_guard(x):
             for i0, i1 in ctx.blocks:
-                width = i1 - i0
+                dfeat = None
                 if dx is not None and m:
-                    dfeat = product(dy_parts, transposed(product.parts(_block_weight(coeffs, i0, i1, dtype))))
-                    grid = (triton.cdiv(m, FEATURE_BLOCK_M), triton.cdiv(width, FEATURE_BLOCK_I))
-                    launch(_feature_grads_kernel, grid, x[:, i0:], dfeat, dx[:, i0:], m, width, x.stride(0),
-                           dx.stride(0), D=degree, BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
-                    del dfeat
+                    weight = (ctx.weight, None) if ctx.weight is not None else \
+                        _block_weight(coeffs, i0, i1, dtype, split, mixed)
+                    dfeat = product(dy_parts, transposed(weight))
+                    del weight
+                # dx and the features for dW in one launch; in fp32 the split features (8 bytes
+                # each) are made after dfeat is freed, so that the two never take memory together.
+                if dfeat is not None and (split or dcoeffs is None):
+                    _features(x[:, i0:i1], degree, dtype, split, mixed, dfeat=dfeat, dx=dx[:, i0:i1], features=False)
+                    dfeat = None
                 if dcoeffs is not None:
-                    features = _features(x[:, i0:i1], degree, dtype, product.split, product.mixed)
+                    features = _features(x[:, i0:i1], degree, dtype, split, mixed, dfeat=dfeat,
+                                         dx=None if dfeat is None else dx[:, i0:i1])
+                    del dfeat
                     dw = product(transposed(features), dy_parts)  # (D * width, out)
                     del features
-                    dcoeffs[i0:i1, :, 1:] = dw.view(degree, width, -1).permute(1, 2, 0)
+                    _scatter_grads(dw, colsum, dcoeffs, i0, i1)
+        ctx.weight = None
         return dx, dcoeffs, None, None
 
 
