@@ -42,7 +42,9 @@ import triton
 import triton.language as tl
 
 from labkit.kan import split_gemm
-from labkit.kan.split_gemm import FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, launch, store_feature, transposed
+from labkit.kan.split_gemm import (
+    FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, ceil_div, launch, store_feature, transposed,
+)
 from labkit.kan.triton_bspline import (
     _UNPACK_BLOCK, _bases, _dot_precision, _pack_weight_kernel, _silu, _silu_slope, _slopes, _unpack_grads_kernel,
     _validate, knots_for,
@@ -126,7 +128,7 @@ def _features(x_block, knots, i0, compute_dtype, split, stack=False, mixed=False
     else:
         hi, lo = split_gemm.feature_buffers((m, n_features * width), x_block.device, compute_dtype, split, mixed)
     if m:
-        grid = (triton.cdiv(m, FEATURE_BLOCK_M), triton.cdiv(width, FEATURE_BLOCK_I))
+        grid = (ceil_div(m, FEATURE_BLOCK_M), ceil_div(width, FEATURE_BLOCK_I))
         launch(
             _features_kernel, grid, x_block, knots.table[:, :, i0:], hi, hi if lo is None else lo, m, width,
             x_block.stride(0), hi.numel(), TABLE_ROW=knots.table.stride(1), TABLE_PLANE=knots.table.stride(0),
@@ -140,11 +142,11 @@ def _block_weight(base_weight, spline_weight, spline_scaler, i0, i1, dtype):
     n_out, n_in, n_bases = spline_weight.shape
     width = i1 - i0
     w = torch.empty((n_bases + 1, width, n_out), device=spline_weight.device, dtype=dtype)
-    grid = (triton.cdiv(n_out, _UNPACK_BLOCK), triton.cdiv(width, _UNPACK_BLOCK))
+    grid = (ceil_div(n_out, _UNPACK_BLOCK), ceil_div(width, _UNPACK_BLOCK))
     scaler = spline_weight if spline_scaler is None else spline_scaler[:, i0:]
     launch(
         _pack_weight_kernel, grid, base_weight[:, i0:], spline_weight[:, i0:], scaler, w, width, n_out,
-        N_BASES=n_bases, BASES_POW2=triton.next_power_of_2(n_bases), HAS_SCALER=spline_scaler is not None,
+        N_BASES=n_bases, BASES_POW2=1 << (n_bases - 1).bit_length(), HAS_SCALER=spline_scaler is not None,
         BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK, PARAM_IN=n_in)
     return w.view((n_bases + 1) * width, n_out)
 
@@ -202,7 +204,7 @@ class _BSplineKANGemm(torch.autograd.Function):
                 dfeat = product(dy_parts, w_t)
                 del w, w_t
                 if m:
-                    grid = (triton.cdiv(m, FEATURE_BLOCK_M), triton.cdiv(width, FEATURE_BLOCK_I))
+                    grid = (ceil_div(m, FEATURE_BLOCK_M), ceil_div(width, FEATURE_BLOCK_I))
                     launch(
                         _feature_grads_kernel, grid, x[:, i0:], knots.table[:, :, i0:], dfeat, dx[:, i0:], m, width,
                         x.stride(0), dx.stride(0), TABLE_ROW=knots.table.stride(1),
@@ -215,12 +217,12 @@ class _BSplineKANGemm(torch.autograd.Function):
                 features_t = transposed(features)
                 dw = product(features_t, dy_parts)  # the unpack kernel sums it in fp32
                 del features, features_t
-                grid = (triton.cdiv(n_out, _UNPACK_BLOCK), triton.cdiv(width, _UNPACK_BLOCK))
+                grid = (ceil_div(n_out, _UNPACK_BLOCK), ceil_div(width, _UNPACK_BLOCK))
                 launch(
                     _unpack_grads_kernel, grid, dw, spline_weight[:, i0:],
                     spline_weight if spline_scaler is None else spline_scaler[:, i0:], d_base[:, i0:],
                     d_spline[:, i0:], d_spline if d_scaler is None else d_scaler[:, i0:], width, n_out, 1, 0,
-                    N_BASES=n_bases, BASES_POW2=triton.next_power_of_2(n_bases),
+                    N_BASES=n_bases, BASES_POW2=1 << (n_bases - 1).bit_length(),
                     HAS_SCALER=spline_scaler is not None, BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK,
                     PARAM_IN=n_in)
         return (dx, None, d_base if need_base else None, d_spline if need_spline else None,

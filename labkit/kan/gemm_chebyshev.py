@@ -35,7 +35,9 @@ import triton
 import triton.language as tl
 
 from labkit.kan import split_gemm
-from labkit.kan.split_gemm import FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, launch, store_feature, transposed
+from labkit.kan.split_gemm import (
+    FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, ceil_div, launch, store_feature, transposed,
+)
 from labkit.kan.triton_chebyshev import (
     _check_inputs, _chebyshev_features, _device_guard, _tanh_and_slope, resolve_input_precision,
 )
@@ -135,7 +137,7 @@ def _unpack_grad_kernel(dw_ptr, colsum_ptr, dc_ptr, N_OUT, I0, WIDTH, stride_dw,
 
 def _pack_tile(degree):
     """(BLOCK_I, BLOCK_O, DP) of the packing kernels: 4,096 elements a tile whatever the degree."""
-    dp = triton.next_power_of_2(degree + 1)
+    dp = 1 << degree.bit_length()  # the power of two >= degree + 1
     return max(4, 128 // dp), PACK_BLOCK_O, dp
 
 
@@ -145,7 +147,7 @@ def _features(x_block, degree, dtype, split, mixed=False, dfeat=None, dx=None, f
     m, width = x_block.shape
     hi, lo = split_gemm.feature_buffers((m, degree * width) if features else (0,), x_block.device, dtype, split, mixed)
     if m and width:
-        grid = (triton.cdiv(m, FEATURE_BLOCK_M), triton.cdiv(width, FEATURE_BLOCK_I))
+        grid = (ceil_div(m, FEATURE_BLOCK_M), ceil_div(width, FEATURE_BLOCK_I))
         launch(_features_kernel, grid, x_block, hi, hi if lo is None else lo, x_block if dfeat is None else dfeat,
                x_block if dx is None else dx, m, width, x_block.stride(0), x_block.stride(0) if dx is None else
                dx.stride(0), hi.numel(), D=degree, SPLIT=split, MIXED=mixed, FEATURES=features, DX=dfeat is not None,
@@ -162,7 +164,7 @@ def _block_weight(coeffs, i0, i1, dtype, split, mixed, bias=None):
     hi, lo = split_gemm.feature_buffers((degree * width, n_out), coeffs.device, dtype, split, mixed)
     if n_out and (width or bias is not None):
         block_i, block_o, dp = _pack_tile(degree)
-        grid = (triton.cdiv(n_out, block_o), triton.cdiv(width, block_i) + (bias is not None))
+        grid = (ceil_div(n_out, block_o), ceil_div(width, block_i) + (bias is not None))
         launch(_pack_weight_kernel, grid, coeffs, hi, hi if lo is None else lo, hi if bias is None else bias, n_in,
                n_out, i0, width, *coeffs.stride(), hi.numel(), grid[1] - 1 if bias is not None else -1, D=degree,
                DP=dp, SPLIT=split, MIXED=mixed, BLOCK_I=block_i, BLOCK_O=block_o, BIAS_BLOCK_I=128)
@@ -174,7 +176,7 @@ def _scatter_grads(dw, colsum, dcoeffs, i0, i1):
     n_out, width, degree = dcoeffs.shape[1], i1 - i0, dcoeffs.shape[2] - 1
     if n_out and width:
         block_i, block_o, dp = _pack_tile(degree)
-        grid = (triton.cdiv(n_out, block_o), triton.cdiv(width, block_i))
+        grid = (ceil_div(n_out, block_o), ceil_div(width, block_i))
         launch(_unpack_grad_kernel, grid, dw, colsum, dcoeffs, n_out, i0, width, dw.stride(0), *dcoeffs.stride(),
                D=degree, DP=dp, BLOCK_I=block_i, BLOCK_O=block_o)
 

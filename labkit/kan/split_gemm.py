@@ -73,6 +73,13 @@ def _split_kernel(src_ptr, hi_ptr, lo_ptr, N, MIXED: tl.constexpr, BLOCK: tl.con
     store_feature(hi_ptr, lo_ptr, offsets, tl.load(src_ptr + offsets, mask=ok).to(tl.float32), ok, True, N, MIXED)
 
 
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for grid sizes. Not ``triton.cdiv``: Triton 3.6 makes that a constexpr
+    function whose every call from the host goes through argument unwrapping (several
+    microseconds each, a few dozen per layer step where the host sets the pace)."""
+    return -(-a // b)
+
+
 def launch(kernel, grid, *args, **meta):
     """Launch a (not autotuned) kernel, in Triton's interpreter on CPU tensors."""
     if interpret_mode():
@@ -108,7 +115,7 @@ def split_tf32(t: torch.Tensor, mixed: bool = False) -> tuple[torch.Tensor, torc
     t = t.contiguous()
     hi, lo = feature_buffers(t.shape, t.device, torch.float32, True, mixed)
     if t.numel():
-        launch(_split_kernel, (triton.cdiv(t.numel(), 1024),), t, hi, lo, t.numel(), MIXED=mixed, BLOCK=1024)
+        launch(_split_kernel, (ceil_div(t.numel(), 1024),), t, hi, lo, t.numel(), MIXED=mixed, BLOCK=1024)
     return hi, lo
 
 
