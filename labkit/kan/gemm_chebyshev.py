@@ -6,25 +6,29 @@ coeffs[i, o, 0]``, its gradient the column sums of ``dy``), computed block of in
 (one block at the chapter's sizes, see :data:`BUFFER_SHARE`):
 
 1. a Triton kernel packs the block's coefficients into a (D * inputs, out) matrix ordered
-   (degree, input), and in the same launch sums the bias;
+   (degree, input); for the first block it appends the bias, summed in the same launch;
 2. a Triton kernel writes ``T_1 .. T_D`` of ``tanh x`` for the block into a buffer laid out
-   ``(rows, D, inputs)`` (in fp32 split in parts; see :mod:`labkit.kan.split_gemm`);
-3. cuBLAS multiplies the two, the bias added by the GEMM.
+   ``(rows, D, inputs)`` (in fp32 split in parts; see :mod:`labkit.kan.split_gemm`), for the
+   first block followed by a column of ones (``T_0``; :data:`BIAS_COLUMNS`);
+3. cuBLAS multiplies the two: the ones meet the bias, so the GEMM adds it.
 
 Backward: ``dfeatures = dy @ W.T`` by cuBLAS; one Triton kernel mixes ``dfeatures`` into ``dx``
 with ``T_d'(t) = d U_{d-1}(t)`` and ``1 - tanh^2`` (both bounded: finite for every finite x)
-and writes the features again (recomputed, not saved); ``dW = features.T @ dy`` by cuBLAS; a
-last kernel scatters ``dW`` and the column sums of ``dy`` into the coefficients' layout. A bf16
-step is eight launches (it was thirteen with PyTorch copies, splits and reductions around the
-GEMMs), an fp32 one seventeen (it was about forty, in two blocks).
+and writes the features again (recomputed, not saved); ``dW = features.T @ dy`` by cuBLAS, whose
+row for the column of ones is ``dy`` summed over the rows, the bias's gradient; a last kernel
+scatters ``dW`` into the coefficients' layout. A bf16 step is seven launches (thirteen with
+PyTorch copies, splits and reductions around the GEMMs, as this path had been), an fp32 one
+sixteen (about forty before, in two blocks).
 
 fp32 products are split as in :mod:`labkit.kan.split_gemm` here too (TF32 main term, bf16 cross
-terms). Tested on the CPU (``tests/test_kan_gemm_chebyshev.py``) and on an H100
-(``pytest-kan-gemm-chebyshev.log``), where at 4096 x 768 -> 3072, degree 3 (forward + backward;
-the ``kan`` suite, bench/results/.../kan.json of 2026-12-06, a machine with a slow host) one call
-takes 2.06 ms in fp32 (1.39x Linear+GELU's, peak memory 1.27x) and 1.38 ms in bf16 (2.33x,
-memory 0.93x), its kernels 1.50 / 0.40 ms (Linear+GELU's 1.35 / 0.21 ms): in bf16 the host
-issues the step's launches more slowly than the GPU runs them.
+terms). Tested on the CPU (``tests/test_kan_gemm_chebyshev.py``). The version before the column
+of ones (commit e27e788: the bias added by the GEMM's epilogue, dy summed by PyTorch, one
+launch more) was tested on an H100 too (``pytest-kan-gemm-chebyshev.log``) and timed there at
+4096 x 768 -> 3072, degree 3 (forward + backward; the ``kan`` suite, bench/results/.../kan.json
+of 2026-12-06, a machine with a slow host): one call took 2.06 ms in fp32 (1.39x Linear+GELU's,
+peak memory 1.27x) and 1.38 ms in bf16 (2.33x, memory 0.93x), its kernels 1.50 / 0.40 ms
+(Linear+GELU's 1.35 / 0.21 ms): in bf16 the host issued the step's launches more slowly than
+the GPU ran them. This version has not run on a GPU yet.
 :data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` is still ``"fused"``: chapters 1 and 2 were run
 with it.
 """
@@ -50,27 +54,39 @@ from labkit.kan.triton_chebyshev import (
 #: chapter allows.
 BUFFER_SHARE = 1.0
 PACK_BLOCK_O = 32  # outputs per tile of the weight (un)packing kernels (see _pack_tile)
+#: Columns appended to the first block's features: one of ones (T_0, the bias) and zeros, so that
+#: the GEMMs' inner dimension stays a multiple of 16 (aligned operands in every dtype).
+BIAS_COLUMNS = 16
 
 
 @triton.jit
-def _features_kernel(x_ptr, hi_ptr, lo_ptr, dfeat_ptr, dx_ptr, M, IN_BLOCK, stride_xm, stride_dxm, LO_PLANE,
-                     D: tl.constexpr, SPLIT: tl.constexpr, MIXED: tl.constexpr, FEATURES: tl.constexpr,
-                     DX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
+def _features_kernel(x_ptr, hi_ptr, lo_ptr, dfeat_ptr, dx_ptr, M, IN_BLOCK, stride_xm, stride_dxm, LO_PLANE, ROW,
+                     D: tl.constexpr, EXTRA: tl.constexpr, SPLIT: tl.constexpr, MIXED: tl.constexpr,
+                     FEATURES: tl.constexpr, DX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
     """One (rows, inputs) tile of the block, from ``t = tanh x[m, i]``:
 
     * ``FEATURES``: ``features[m, d - 1, i] = T_d(t)``, d = 1..D (forward, and the weight gradient);
     * ``DX``: ``dx[m, i] = (1 - t^2) sum_d dfeatures[m, d - 1, i] d U_{d-1}(t)`` (``T_d' = d U_{d-1}``).
 
-    Backward asks for both in one launch where memory allows: x is read and tanh taken once."""
+    Rows of ``features`` and ``dfeatures`` are ``ROW`` apart; with ``EXTRA`` (the first block) the
+    features end in ``EXTRA`` more columns, ``T_0 = 1`` and zeros, which the programs of the first
+    input tile write. Backward asks for both in one launch where memory allows: x is read and
+    tanh taken once."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     ok = (rows[:, None] < M) & (ins[None, :] < IN_BLOCK)
     t, tanh_slope = _tanh_and_slope(tl.load(x_ptr + rows[:, None] * stride_xm + ins[None, :], mask=ok, other=0.0))
-    at = rows[:, None] * (D * IN_BLOCK) + ins[None, :]
+    at = rows[:, None] * ROW + ins[None, :]
     if FEATURES:
         features = _chebyshev_features(t, D, tl.float32)
         for d in tl.static_range(D):
             store_feature(hi_ptr, lo_ptr, at + d * IN_BLOCK, features[d], ok, SPLIT, LO_PLANE, MIXED)
+        if EXTRA > 0:
+            if tl.program_id(1) == 0:
+                cols = tl.arange(0, EXTRA)
+                ones = tl.where(cols[None, :] == 0, 1.0, 0.0) + tl.zeros((BLOCK_M, EXTRA), tl.float32)
+                store_feature(hi_ptr, lo_ptr, rows[:, None] * ROW + D * IN_BLOCK + cols[None, :], ones,
+                              (rows[:, None] < M) & (cols[None, :] < EXTRA), SPLIT, LO_PLANE, MIXED)
     if DX:
         u_prev = tl.zeros(t.shape, tl.float32)  # U_{-1}
         u_cur = tl.full(t.shape, 1.0, tl.float32)  # U_0
@@ -85,15 +101,16 @@ def _features_kernel(x_ptr, hi_ptr, lo_ptr, dfeat_ptr, dx_ptr, M, IN_BLOCK, stri
 
 
 @triton.jit
-def _pack_weight_kernel(c_ptr, hi_ptr, lo_ptr, bias_ptr, N_IN, N_OUT, I0, WIDTH, stride_ci, stride_co, stride_cd,
-                        LO_PLANE, BIAS_ROW, D: tl.constexpr, DP: tl.constexpr, SPLIT: tl.constexpr,
+def _pack_weight_kernel(c_ptr, hi_ptr, lo_ptr, N_IN, N_OUT, I0, WIDTH, stride_ci, stride_co, stride_cd, LO_PLANE,
+                        BIAS_ROW, D: tl.constexpr, DP: tl.constexpr, EXTRA: tl.constexpr, SPLIT: tl.constexpr,
                         MIXED: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BIAS_BLOCK_I: tl.constexpr):
     """``w[(d - 1) * WIDTH + i, o] = coeffs[I0 + i, o, d]`` (d = 1..D) for one (inputs, outputs)
     tile, split like the features when ``SPLIT``: ``coeffs[i, o, 0..D]`` is read as one contiguous
     (inputs, outputs, DP) tile and written out degree by degree. The programs of grid row
-    ``BIAS_ROW`` (-1: none) instead sum ``coeffs[i, o, 0]`` over all inputs for its
-    outputs into ``bias[o]`` (``T_0 = 1``), in fp32 and without atomics, beside the tiles: one
-    launch for what was a permuted copy, a split and a reduction."""
+    ``BIAS_ROW`` (-1: none) instead sum ``coeffs[i, o, 0]`` over all inputs for their outputs
+    (in fp32, without atomics) and write the ``EXTRA`` rows after the block's: the bias
+    (``T_0 = 1``: it meets the features' column of ones), then zeros. One launch for what was a
+    permuted copy, a split and a reduction."""
     outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
     if tl.program_id(1) == BIAS_ROW:
         total = tl.zeros((BLOCK_O,), tl.float32)
@@ -102,7 +119,10 @@ def _pack_weight_kernel(c_ptr, hi_ptr, lo_ptr, bias_ptr, N_IN, N_OUT, I0, WIDTH,
             ok = (ins[:, None] < N_IN) & (outs[None, :] < N_OUT)
             at = c_ptr + ins[:, None] * stride_ci + outs[None, :] * stride_co
             total += tl.sum(tl.load(at, mask=ok, other=0.0).to(tl.float32), axis=0)
-        tl.store(bias_ptr + outs, total.to(bias_ptr.dtype.element_ty), mask=outs < N_OUT)
+        extra = tl.arange(0, EXTRA)
+        rows = tl.where(extra[:, None] == 0, total[None, :], 0.0)
+        store_feature(hi_ptr, lo_ptr, (D * WIDTH + extra[:, None]) * N_OUT + outs[None, :], rows,
+                      (extra[:, None] < EXTRA) & (outs[None, :] < N_OUT), SPLIT, LO_PLANE, MIXED)
     else:
         ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)  # the input's row in this block's matrix
         i3 = ins[:, None, None]
@@ -141,33 +161,35 @@ def _pack_tile(degree):
     return max(4, 128 // dp), PACK_BLOCK_O, dp
 
 
-def _features(x_block, degree, dtype, split, mixed=False, dfeat=None, dx=None, features=True):
-    """The features of ``x_block`` as (hi, lo) parts (see :func:`split_gemm.feature_buffers`) when
-    ``features``; with ``dfeat`` also ``dx`` (the same columns as ``x_block``) in the same launch."""
+def _features(x_block, degree, dtype, split, mixed=False, extra=0, dfeat=None, dx=None, features=True):
+    """The features of ``x_block``, (rows, D * width + ``extra``), as (hi, lo) parts (see
+    :func:`split_gemm.feature_buffers`) when ``features``; with ``dfeat`` (laid out the same)
+    also ``dx`` (the same columns as ``x_block``) in the same launch."""
     m, width = x_block.shape
-    hi, lo = split_gemm.feature_buffers((m, degree * width) if features else (0,), x_block.device, dtype, split, mixed)
+    row = degree * width + extra
+    hi, lo = split_gemm.feature_buffers((m, row) if features else (0,), x_block.device, dtype, split, mixed)
     if m and width:
         grid = (ceil_div(m, FEATURE_BLOCK_M), ceil_div(width, FEATURE_BLOCK_I))
         launch(_features_kernel, grid, x_block, hi, hi if lo is None else lo, x_block if dfeat is None else dfeat,
                x_block if dx is None else dx, m, width, x_block.stride(0), x_block.stride(0) if dx is None else
-               dx.stride(0), hi.numel(), D=degree, SPLIT=split, MIXED=mixed, FEATURES=features, DX=dfeat is not None,
-               BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
+               dx.stride(0), hi.numel(), row, D=degree, EXTRA=extra, SPLIT=split, MIXED=mixed, FEATURES=features,
+               DX=dfeat is not None, BLOCK_M=FEATURE_BLOCK_M, BLOCK_I=FEATURE_BLOCK_I)
     return (hi, lo) if features else None
 
 
-def _block_weight(coeffs, i0, i1, dtype, split, mixed, bias=None):
+def _block_weight(coeffs, i0, i1, dtype, split, mixed, extra=0):
     """``coeffs[i0:i1, :, 1:]`` as a (D * width, out) matrix ordered (degree, input), as (hi, lo)
-    parts (see :func:`split_gemm.feature_buffers`); fills ``bias`` (out,) with the sum over all
-    inputs of ``coeffs[:, :, 0]`` when given."""
+    parts (see :func:`split_gemm.feature_buffers`); with ``extra`` rows more (the first block),
+    the bias ``sum_i coeffs[i, :, 0]`` over all inputs and zeros."""
     n_in, n_out, width = coeffs.shape[0], coeffs.shape[1], i1 - i0
     degree = coeffs.shape[2] - 1
-    hi, lo = split_gemm.feature_buffers((degree * width, n_out), coeffs.device, dtype, split, mixed)
-    if n_out and (width or bias is not None):
+    hi, lo = split_gemm.feature_buffers((degree * width + extra, n_out), coeffs.device, dtype, split, mixed)
+    if n_out and width:
         block_i, block_o, dp = _pack_tile(degree)
-        grid = (ceil_div(n_out, block_o), ceil_div(width, block_i) + (bias is not None))
-        launch(_pack_weight_kernel, grid, coeffs, hi, hi if lo is None else lo, hi if bias is None else bias, n_in,
-               n_out, i0, width, *coeffs.stride(), hi.numel(), grid[1] - 1 if bias is not None else -1, D=degree,
-               DP=dp, SPLIT=split, MIXED=mixed, BLOCK_I=block_i, BLOCK_O=block_o, BIAS_BLOCK_I=128)
+        grid = (ceil_div(n_out, block_o), ceil_div(width, block_i) + (extra > 0))
+        launch(_pack_weight_kernel, grid, coeffs, hi, hi if lo is None else lo, n_in, n_out, i0, width,
+               *coeffs.stride(), hi.numel(), grid[1] - 1 if extra else -1, D=degree, DP=dp, EXTRA=max(extra, 1),
+               SPLIT=split, MIXED=mixed, BLOCK_I=block_i, BLOCK_O=block_o, BIAS_BLOCK_I=128)
     return hi, lo
 
 
@@ -191,25 +213,22 @@ class _ChebyKANGemm(torch.autograd.Function):
         split, mixed = product.split, product.mixed
         blocks = split_gemm.input_blocks(m, n_in, degree, product.element_bytes(dtype), BUFFER_SHARE) if degree else []
         ctx.product, ctx.blocks, ctx.dtype, ctx.weight = product, blocks, dtype, None
-        with _device_guard(x):
-            if len(blocks) == 1:
-                # The common case: one block, the bias added by the first GEMM (rounded once to
-                # dtype when that GEMM is the only one). Five launches in fp32, three in 16 bits.
-                bias = torch.empty(n_out, device=x.device, dtype=torch.float32 if split else dtype)
-                weight = _block_weight(coeffs, 0, n_in, dtype, split, mixed, bias)
-                if not split:
-                    ctx.weight = weight[0]  # 16-bit: small enough to keep for backward (one launch fewer)
-                features = _features(x, degree, dtype, split, mixed)
-                y = product(features, weight, bias=bias)
-            else:  # no inputs' features (degree 0), or several blocks: sum in fp32, then round
-                bias = torch.empty(n_out, device=x.device, dtype=torch.float32)
-                _block_weight(coeffs, 0, 0, dtype, split, mixed, bias)
-                y = bias.expand(m, n_out).contiguous()
-                for i0, i1 in blocks:
-                    features = _features(x[:, i0:i1], degree, dtype, split, mixed)
-                    y = product(features, _block_weight(coeffs, i0, i1, dtype, split, mixed), out=y)
-                    del features
         ctx.save_for_backward(x, coeffs)
+        if not blocks:  # degree 0: the bias alone
+            return coeffs[:, :, 0].sum(dim=0, dtype=torch.float32).to(dtype).expand(m, n_out).contiguous()
+        with _device_guard(x):
+            # The first block's features end in a column of ones and its weight in the bias, so
+            # that the GEMM adds the bias and, in backward, sums dy over the rows (T_0 = 1).
+            # Several blocks (large batches) add up in fp32, then round once.
+            y = None if len(blocks) == 1 else torch.zeros(m, n_out, device=x.device, dtype=torch.float32)
+            for i0, i1 in blocks:
+                extra = BIAS_COLUMNS if i0 == 0 else 0
+                weight = _block_weight(coeffs, i0, i1, dtype, split, mixed, extra)
+                if len(blocks) == 1 and not split:
+                    ctx.weight = weight[0]  # 16-bit: small enough to keep for backward (one launch fewer)
+                features = _features(x[:, i0:i1], degree, dtype, split, mixed, extra)
+                y = product(features, weight, out=y)
+                del features, weight
         return y.to(dtype)
 
     @staticmethod
@@ -221,35 +240,40 @@ class _ChebyKANGemm(torch.autograd.Function):
         m, n_in = x.shape
         degree = coeffs.shape[2] - 1
         dy = dy.to(dtype).contiguous()
+        if not ctx.blocks:  # degree 0: y does not depend on x; every input's bias gets dy's column sums
+            dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+            dcoeffs = None
+            if ctx.needs_input_grad[1]:
+                dcoeffs = dy.sum(dim=0, dtype=torch.float32).to(coeffs.dtype).expand(n_in, -1)[:, :, None].contiguous()
+            return dx, dcoeffs, None, None
         dy_parts = product.parts(dy)
-        # Every block writes its columns of dx; only a layer without blocks (degree 0) has none.
-        dx = (torch.empty_like(x) if ctx.blocks else torch.zeros_like(x)) if ctx.needs_input_grad[0] else None
-        dcoeffs = colsum = None
-        if ctx.needs_input_grad[1]:
-            dcoeffs = torch.empty_like(coeffs)
-            colsum = dy.sum(dim=0, dtype=torch.float32)  # T_0 = 1: the bias's gradient, the same for every input
-            if not ctx.blocks:
-                _scatter_grads(colsum, colsum, dcoeffs, 0, n_in)  # degree 0: nothing else to write
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # every block writes its columns
+        dcoeffs = torch.empty_like(coeffs) if ctx.needs_input_grad[1] else None
+        colsum = None
         with _device_guard(x):
             for i0, i1 in ctx.blocks:
+                width, extra = i1 - i0, BIAS_COLUMNS if i0 == 0 else 0
                 dfeat = None
                 if dx is not None and m:
                     weight = (ctx.weight, None) if ctx.weight is not None else \
-                        _block_weight(coeffs, i0, i1, dtype, split, mixed)
-                    dfeat = product(dy_parts, transposed(weight))
+                        _block_weight(coeffs, i0, i1, dtype, split, mixed, extra)
+                    dfeat = product(dy_parts, transposed(weight))  # (rows, D * width + extra)
                     del weight
                 # dx and the features for dW in one launch; in fp32 the split features (8 bytes
                 # each) are made after dfeat is freed, so that the two never take memory together.
                 if dfeat is not None and (split or dcoeffs is None):
-                    _features(x[:, i0:i1], degree, dtype, split, mixed, dfeat=dfeat, dx=dx[:, i0:i1], features=False)
+                    _features(x[:, i0:i1], degree, dtype, split, mixed, extra, dfeat, dx[:, i0:i1], features=False)
                     dfeat = None
                 if dcoeffs is not None:
-                    features = _features(x[:, i0:i1], degree, dtype, split, mixed, dfeat=dfeat,
-                                         dx=None if dfeat is None else dx[:, i0:i1])
+                    features = _features(x[:, i0:i1], degree, dtype, split, mixed, extra, dfeat,
+                                         None if dfeat is None else dx[:, i0:i1])
                     del dfeat
-                    dw = product(transposed(features), dy_parts)  # (D * width, out)
+                    dw = product(transposed(features), dy_parts)  # (D * width + extra, out)
                     del features
+                    if extra:  # the column of ones: dW's bias row holds dy summed over the rows
+                        colsum = dw[degree * width] if len(ctx.blocks) == 1 else dw[degree * width].clone()
                     _scatter_grads(dw, colsum, dcoeffs, i0, i1)
+                    del dw
         ctx.weight = None
         return dx, dcoeffs, None, None
 

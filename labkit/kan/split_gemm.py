@@ -138,9 +138,8 @@ class Product:
         """The operand as the products want it: (hi, lo) when split, else (t, None)."""
         return split_tf32(t, self.mixed) if self.split else (t, None)
 
-    def __call__(self, a, b, out=None, bias=None):
-        """``a @ b``, added to ``out`` when given (else with a 1-D ``bias`` added to each row, when
-        given: fp32 when split, else of ``a``'s dtype); ``a`` and ``b`` are (hi, lo) pairs. A 16-bit
+    def __call__(self, a, b, out=None):
+        """``a @ b``, added to ``out`` when given; ``a`` and ``b`` are (hi, lo) pairs. A 16-bit
         product is added to an fp32 ``out`` in fp32 (on the CPU: rounded to 16 bits first)."""
         (a_hi, a_lo), (b_hi, b_lo) = a, b
         if self.mixed:  # lo: bf16 planes (t, rest); the cross terms t16 @ rest16 and rest16 @ t16
@@ -149,7 +148,7 @@ class Product:
             terms = [(a_hi, b_hi)] + ([(a_hi, b_lo), (a_lo, b_hi)] if self.split else [])
         with self._precision():  # entered once for the three products, not once per product
             for x, y in terms:
-                out = self._gemm(x, y, out, bias if out is None else None)
+                out = self._gemm(x, y, out)
         return out
 
     def one(self, a: torch.Tensor, b: torch.Tensor, out=None, bias=None):
