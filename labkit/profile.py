@@ -68,6 +68,8 @@ _SIZES: dict[str, dict[str, dict]] = {
         # windows: 2.4% of the original's 4,096 epochs x 819 windows; 123 s measured).
         # train_skip: train inside GaussianSkip (not the original's; without it a short training's
         # samples blow up, see labkit.sda.score.GaussianSkip); paper keeps the original.
+        # train_skip_spectrum: that skip with the training data's power spectrum instead of one
+        # variance (TrainConfig.skip_spectrum); train_loss, train_ema: TrainConfig.loss and .ema.
         # Sampling (notebook 4b): predictor steps and Langevin corrections (the paper: 256 and 1),
         # unconditional samples and their length in states; for data assimilation its own
         # corrections and the guidance's gamma (the paper's 1e-2; see labkit.sda.score.GaussianScore).
@@ -80,19 +82,19 @@ _SIZES: dict[str, dict[str, dict]] = {
         # predictor step from t = 1 amplify the network's error more than 3x (mu(t - dt) / mu(1)).
         "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16,
                       train_epochs=64, train_batch=4, hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1),
-                      train_windows=2, train_checkpoint_every=8, train_skip=True, train_loss="eps", train_ema=None,
-                      sample_steps=64, sample_corrections=0, sample_count=1, sample_length=16,
-                      assimilate_corrections=0, assimilate_gamma=1e-2),
+                      train_windows=2, train_checkpoint_every=8, train_skip=True, train_skip_spectrum=False,
+                      train_loss="eps", train_ema=None, sample_steps=64, sample_corrections=0,
+                      sample_count=1, sample_length=16, assimilate_corrections=0, assimilate_gamma=1e-2),
         "full": dict(trajectories=128, size=256, factor=4, spinup=64, length=64, batch=128,
                      train_epochs=50, train_batch=128, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3),
-                     train_windows=16, train_checkpoint_every=25, train_skip=True, train_loss="eps", train_ema=None,
-                     sample_steps=256, sample_corrections=0, sample_count=2, sample_length=64,
-                     assimilate_corrections=0, assimilate_gamma=1e-3),
+                     train_windows=16, train_checkpoint_every=25, train_skip=True, train_skip_spectrum=False,
+                     train_loss="eps", train_ema=None, sample_steps=256, sample_corrections=0,
+                     sample_count=2, sample_length=64, assimilate_corrections=0, assimilate_gamma=1e-3),
         "paper": dict(trajectories=1024, size=256, factor=4, spinup=64, length=64, batch=256,
                       train_epochs=4096, train_batch=32, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3),
-                      train_windows=1, train_checkpoint_every=16, train_skip=False, train_loss="eps", train_ema=None,
-                      sample_steps=256, sample_corrections=1, sample_count=8, sample_length=64,
-                      assimilate_corrections=1, assimilate_gamma=1e-2),
+                      train_windows=1, train_checkpoint_every=16, train_skip=False, train_skip_spectrum=False,
+                      train_loss="eps", train_ema=None, sample_steps=256, sample_corrections=1,
+                      sample_count=8, sample_length=64, assimilate_corrections=1, assimilate_gamma=1e-2),
     },
     "htt": {
         # Chapter 5a (TT embeddings). Memory: the table measured live (vocab, width, tokens, ranks;
