@@ -102,17 +102,18 @@ def _features_kernel(x_ptr, hi_ptr, lo_ptr, dfeat_ptr, dx_ptr, M, IN_BLOCK, stri
 
 @triton.jit
 def _pack_weight_kernel(c_ptr, hi_ptr, lo_ptr, N_IN, N_OUT, I0, WIDTH, stride_ci, stride_co, stride_cd, LO_PLANE,
-                        BIAS_ROW, D: tl.constexpr, DP: tl.constexpr, EXTRA: tl.constexpr, SPLIT: tl.constexpr,
+                        WITH_BIAS, D: tl.constexpr, DP: tl.constexpr, EXTRA: tl.constexpr, SPLIT: tl.constexpr,
                         MIXED: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BIAS_BLOCK_I: tl.constexpr):
     """``w[(d - 1) * WIDTH + i, o] = coeffs[I0 + i, o, d]`` (d = 1..D) for one (inputs, outputs)
     tile, split like the features when ``SPLIT``: ``coeffs[i, o, 0..D]`` is read as one contiguous
-    (inputs, outputs, DP) tile and written out degree by degree. The programs of grid row
-    ``BIAS_ROW`` (-1: none) instead sum ``coeffs[i, o, 0]`` over all inputs for their outputs
+    (inputs, outputs, DP) tile and written out degree by degree. With ``WITH_BIAS`` (1 or 0) the
+    grid's first row of programs instead sums ``coeffs[i, o, 0]`` over all inputs for its outputs
     (in fp32, without atomics) and write the ``EXTRA`` rows after the block's: the bias
     (``T_0 = 1``: it meets the features' column of ones), then zeros. One launch for what was a
-    permuted copy, a split and a reduction."""
+    permuted copy, a split and a reduction. The first row, not the last: programs start in grid
+    order, and these walk all inputs, so they should not be the last to start."""
     outs = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
-    if tl.program_id(1) == BIAS_ROW:
+    if tl.program_id(1) < WITH_BIAS:
         total = tl.zeros((BLOCK_O,), tl.float32)
         for i0 in range(0, N_IN, BIAS_BLOCK_I):
             ins = i0 + tl.arange(0, BIAS_BLOCK_I)
@@ -124,7 +125,7 @@ def _pack_weight_kernel(c_ptr, hi_ptr, lo_ptr, N_IN, N_OUT, I0, WIDTH, stride_ci
         store_feature(hi_ptr, lo_ptr, (D * WIDTH + extra[:, None]) * N_OUT + outs[None, :], rows,
                       (extra[:, None] < EXTRA) & (outs[None, :] < N_OUT), SPLIT, LO_PLANE, MIXED)
     else:
-        ins = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)  # the input's row in this block's matrix
+        ins = (tl.program_id(1) - WITH_BIAS) * BLOCK_I + tl.arange(0, BLOCK_I)  # the input's row in the block
         i3 = ins[:, None, None]
         o3 = outs[None, :, None]
         d3 = tl.arange(0, DP)[None, None, :]
@@ -188,7 +189,7 @@ def _block_weight(coeffs, i0, i1, dtype, split, mixed, extra=0):
         block_i, block_o, dp = _pack_tile(degree)
         grid = (ceil_div(n_out, block_o), ceil_div(width, block_i) + (extra > 0))
         launch(_pack_weight_kernel, grid, coeffs, hi, hi if lo is None else lo, n_in, n_out, i0, width,
-               *coeffs.stride(), hi.numel(), grid[1] - 1 if extra else -1, D=degree, DP=dp, EXTRA=max(extra, 1),
+               *coeffs.stride(), hi.numel(), int(extra > 0), D=degree, DP=dp, EXTRA=max(extra, 1),
                SPLIT=split, MIXED=mixed, BLOCK_I=block_i, BLOCK_O=block_o, BIAS_BLOCK_I=128)
     return hi, lo
 
