@@ -108,7 +108,7 @@ def _pack_weight_kernel(c_ptr, hi_ptr, lo_ptr, N_IN, N_OUT, I0, WIDTH, stride_ci
     tile, split like the features when ``SPLIT``: ``coeffs[i, o, 0..D]`` is read as one contiguous
     (inputs, outputs, DP) tile and written out degree by degree. With ``WITH_BIAS`` (1 or 0) the
     grid's first row of programs instead sums ``coeffs[i, o, 0]`` over all inputs for its outputs
-    (in fp32, without atomics) and write the ``EXTRA`` rows after the block's: the bias
+    (in fp32, without atomics) and writes the ``EXTRA`` rows after the block's: the bias
     (``T_0 = 1``: it meets the features' column of ones), then zeros. One launch for what was a
     permuted copy, a split and a reduction. The first row, not the last: programs start in grid
     order, and these walk all inputs, so they should not be the last to start."""
