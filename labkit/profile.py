@@ -77,9 +77,8 @@ _SIZES: dict[str, dict[str, dict]] = {
         # recipe (bench/results/nvidia-h100-80gb-hbm3/diag-sda-gamma.log) the coarse scenario's
         # residual was 0.171 with one correction at 1e-2, 0.149 at 1e-3, 0.104 without it at 1e-3
         # (the issue's target: <= 0.12), and the samples' worst E(k) ratio (k <= 16) was off by
-        # 3.2x with one correction, 0.66 without.
-        # Fewer than 64 steps make the first
-        # predictor step from t = 1 amplify the network's error more than 3x (mu(t - dt) / mu(1)).
+        # 3.2x with one correction, 0.66 without. Fewer than 64 steps make the first predictor
+        # step from t = 1 amplify the network's error more than 3x (mu(t - dt) / mu(1)).
         "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16,
                       train_epochs=64, train_batch=4, hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1),
                       train_windows=2, train_checkpoint_every=8, train_skip=True, train_skip_spectrum=False,

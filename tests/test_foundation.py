@@ -46,6 +46,17 @@ def test_time_fn_and_results_json(tmp_path):
         harness.load_results("other", results_dir=tmp_path)
 
 
+def test_host_time_and_profile_on_the_cpu():
+    calls = []
+
+    def step():
+        calls.append(torch.ones(8).sum())
+
+    assert harness.host_ms(step, calls=5) > 0 and len(calls) == 6  # one warm-up call, then five timed
+    table = harness.host_profile(step, calls=4, top=5)
+    assert "step" in table and "tottime" in table and len(calls) == 11
+
+
 def test_device_slug_and_table():
     assert harness.device_slug({"device_type": "cuda", "device": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
     table = harness.format_table([{"a": 1.23456, "b": None}, {"a": "x"}], ["a", "b"])

@@ -150,6 +150,7 @@ def test_block_size_and_tf32_switch():
     assert gemm.input_blocks(4096, 768, 9, 8) == [(0, 448), (448, 768)]
     assert gemm.inputs_per_block(10, 19, 9, 8) == 19  # small problems: one block
     assert [gemm.ceil_div(a, 16) for a in (0, 1, 16, 17, 4096)] == [0, 1, 1, 2, 256]  # grid sizes
+    assert [gemm.next_power_of_2(n) for n in (1, 2, 3, 4, 9, 16)] == [1, 2, 4, 4, 16, 16]  # block sizes
     before = cublas_allows_tf32()
     with cublas_tf32():
         assert cublas_allows_tf32()

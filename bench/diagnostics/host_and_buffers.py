@@ -6,9 +6,9 @@ Each case is timed four ways: ``event`` one call starting on an idle GPU (what t
 
     PYTHONPATH=$PWD python3 bench/diagnostics/host_and_buffers.py [host] [sweep] [scan]
 """
-import cProfile, io, pstats, sys
+import sys
 import torch
-from labkit.bench.harness import host_ms, peak_memory_mib, time_fn, time_graph, time_loop
+from labkit.bench.harness import host_ms, host_profile, peak_memory_mib, time_fn, time_graph, time_loop
 from labkit.kan import bench, gemm_bspline, split_gemm
 
 dev = torch.device("cuda")
@@ -32,14 +32,8 @@ def timings(fn):
 
 
 def profile_host(fn, title, n=20):
-    fn(); torch.cuda.synchronize()
-    torch.cuda._sleep(int(2e9))
-    pr = cProfile.Profile(); pr.enable()
-    for _ in range(n):
-        fn()
-    pr.disable(); torch.cuda.synchronize()
-    s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
-    print(f"----- host profile {title} ({n} calls)\n" + "\n".join(s.getvalue().splitlines()[6:32]), flush=True)
+    table = host_profile(fn, n, top=18)
+    print(f"----- host profile {title} ({n} calls)\n" + "\n".join(table.splitlines()[6:32]), flush=True)
 
 
 if "host" in parts:

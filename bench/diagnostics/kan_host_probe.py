@@ -7,14 +7,12 @@ launches add to both. Microseconds per step (2,000 steps, one thread); ``prof`` 
 
     TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 bench/diagnostics/kan_host_probe.py [prof]
 """
-import cProfile
-import io
-import pstats
 import sys
 import time
 
 import torch
 
+from labkit.bench.harness import host_profile
 from labkit.kan import gemm_chebyshev, ops, split_gemm
 
 
@@ -55,11 +53,5 @@ for name, step in (("Linear+GELU", linear_gelu_step), ("ChebyKAN split GEMM", ch
         step()
     print(f"{name:20s} {(time.perf_counter() - start) / 2000 * 1e6:6.0f} us per step", flush=True)
 if "prof" in sys.argv[1:]:
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(2000):
-        cheby_step()
-    profiler.disable()
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
-    print("\n".join(line[:150] for line in out.getvalue().splitlines()[4:26]))
+    table = host_profile(cheby_step, 2000, top=15)
+    print("\n".join(line[:150] for line in table.splitlines()[4:26]))

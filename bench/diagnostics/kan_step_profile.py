@@ -9,15 +9,12 @@ day; compare these host times with each other only), and the host's 20 most expe
 
     PYTHONPATH=$PWD python3 bench/diagnostics/kan_step_profile.py cheby_labkit_gemm:bf16 linear_gelu:bf16
 """
-import cProfile
-import io
-import pstats
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from labkit.bench.harness import host_ms
+from labkit.bench.harness import host_ms, host_profile
 from labkit.kan import bench
 
 dev = torch.device("cuda")
@@ -41,14 +38,5 @@ for case in sys.argv[1:]:
     print(f"===== {case}: kernels {total / 1e3:.3f} ms per step, host {host_ms(step):.3f} ms per step", flush=True)
     for e in kernels[:14]:
         print(f"  {e.device_time_total / STEPS:8.1f} us  x{e.count / STEPS:4.1f}  {e.key[:110]}")
-    step(); torch.cuda.synchronize()
-    torch.cuda._sleep(int(2e9))
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(20):
-        step()
-    pr.disable()
-    torch.cuda.synchronize()
-    s = io.StringIO()
-    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(20)
-    print("\n".join(line[:150] for line in s.getvalue().splitlines()[4:30]), flush=True)
+    table = host_profile(step, 20, top=20)
+    print("\n".join(line[:150] for line in table.splitlines()[4:30]), flush=True)

@@ -9,9 +9,12 @@ workspaces, outputs). It is ``None`` on CPU.
 """
 from __future__ import annotations
 
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import re
 import statistics
 import subprocess
@@ -121,19 +124,43 @@ def time_graph(fn: Callable[[], object], device: torch.device | str, repeats: in
     return time_fn(graph.replay, device, warmup=3, repeats=repeats)
 
 
+def _host_alone(fn: Callable[[], object]) -> None:
+    """Warm ``fn`` up, then keep a CUDA GPU (if any) busy for about a second, so that the calls
+    timed next never wait for it: what they cost is the host's own time."""
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda._sleep(int(2e9))  # about one second of GPU spinning
+
+
 def host_ms(fn: Callable[[], object], calls: int = 20) -> float:
     """The host's time (ms) per call of ``fn`` while the GPU is kept busy, so that no launch
-    waits for the GPU: what the host costs a step, apart from the kernels. CUDA only. Keep
-    ``calls`` small: a queue of more launches than CUDA holds blocks the host and inflates it."""
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(int(2e9))  # about one second of GPU spinning
+    waits for the GPU: what the host costs a step, apart from the kernels. Keep ``calls``
+    small: a queue of more launches than CUDA holds blocks the host and inflates it."""
+    _host_alone(fn)
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     elapsed = (time.perf_counter() - start) / calls * 1e3
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return elapsed
+
+
+def host_profile(fn: Callable[[], object], calls: int = 20, top: int = 20) -> str:
+    """cProfile's table (the ``top`` functions by own time) of ``calls`` calls of ``fn``, timed
+    as :func:`host_ms` times them."""
+    _host_alone(fn)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device | str) -> float | None:
@@ -170,7 +197,7 @@ def environment(device: torch.device | str) -> dict:
     except Exception:
         env["triton"] = None
     env["triton_interpret"] = os.environ.get("TRITON_INTERPRET") == "1"
-    env["host_cpu"] = _host_cpu()  # per-call times of small steps depend on it: the host issues the kernels
+    env["host_cpu"] = _host_cpu()  # the host issues the kernels: small steps' per-call times depend on it
     try:
         git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, check=True,  # noqa: E731
                                            cwd=Path(__file__).parent).stdout.strip()

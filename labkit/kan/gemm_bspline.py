@@ -43,7 +43,7 @@ import triton.language as tl
 
 from labkit.kan import split_gemm
 from labkit.kan.split_gemm import (
-    FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, ceil_div, launch, store_feature, transposed,
+    FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, ceil_div, launch, next_power_of_2, store_feature, transposed,
 )
 from labkit.kan.triton_bspline import (
     _UNPACK_BLOCK, _bases, _dot_precision, _pack_weight_kernel, _silu, _silu_slope, _slopes, _unpack_grads_kernel,
@@ -146,7 +146,7 @@ def _block_weight(base_weight, spline_weight, spline_scaler, i0, i1, dtype):
     scaler = spline_weight if spline_scaler is None else spline_scaler[:, i0:]
     launch(
         _pack_weight_kernel, grid, base_weight[:, i0:], spline_weight[:, i0:], scaler, w, width, n_out,
-        N_BASES=n_bases, BASES_POW2=1 << (n_bases - 1).bit_length(), HAS_SCALER=spline_scaler is not None,
+        N_BASES=n_bases, BASES_POW2=next_power_of_2(n_bases), HAS_SCALER=spline_scaler is not None,
         BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK, PARAM_IN=n_in)
     return w.view((n_bases + 1) * width, n_out)
 
@@ -222,7 +222,7 @@ class _BSplineKANGemm(torch.autograd.Function):
                     _unpack_grads_kernel, grid, dw, spline_weight[:, i0:],
                     spline_weight if spline_scaler is None else spline_scaler[:, i0:], d_base[:, i0:],
                     d_spline[:, i0:], d_spline if d_scaler is None else d_scaler[:, i0:], width, n_out, 1, 0,
-                    N_BASES=n_bases, BASES_POW2=1 << (n_bases - 1).bit_length(),
+                    N_BASES=n_bases, BASES_POW2=next_power_of_2(n_bases),
                     HAS_SCALER=spline_scaler is not None, BLOCK_O=_UNPACK_BLOCK, BLOCK_I=_UNPACK_BLOCK,
                     PARAM_IN=n_in)
         return (dx, None, d_base if need_base else None, d_spline if need_spline else None,

@@ -40,7 +40,7 @@ import triton.language as tl
 
 from labkit.kan import split_gemm
 from labkit.kan.split_gemm import (
-    FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, ceil_div, launch, store_feature, transposed,
+    FEATURE_BLOCK_I, FEATURE_BLOCK_M, Product, ceil_div, launch, next_power_of_2, store_feature, transposed,
 )
 from labkit.kan.triton_chebyshev import (
     _check_inputs, _chebyshev_features, _device_guard, _tanh_and_slope, resolve_input_precision,
@@ -158,7 +158,7 @@ def _unpack_grad_kernel(dw_ptr, colsum_ptr, dc_ptr, N_OUT, I0, WIDTH, stride_dw,
 
 def _pack_tile(degree):
     """(BLOCK_I, BLOCK_O, DP) of the packing kernels: 4,096 elements a tile whatever the degree."""
-    dp = 1 << degree.bit_length()  # the power of two >= degree + 1
+    dp = next_power_of_2(degree + 1)
     return max(4, 128 // dp), PACK_BLOCK_O, dp
 
 
@@ -168,7 +168,8 @@ def _features(x_block, degree, dtype, split, mixed=False, extra=0, dfeat=None, d
     also ``dx`` (the same columns as ``x_block``) in the same launch."""
     m, width = x_block.shape
     row = degree * width + extra
-    hi, lo = split_gemm.feature_buffers((m, row) if features else (0,), x_block.device, dtype, split, mixed)
+    # Without features the kernel writes none: x stands in for the buffers it does not touch.
+    hi, lo = split_gemm.feature_buffers((m, row), x_block.device, dtype, split, mixed) if features else (x_block, None)
     if m and width:
         grid = (ceil_div(m, FEATURE_BLOCK_M), ceil_div(width, FEATURE_BLOCK_I))
         launch(_features_kernel, grid, x_block, hi, hi if lo is None else lo, x_block if dfeat is None else dfeat,
@@ -272,6 +273,7 @@ class _ChebyKANGemm(torch.autograd.Function):
                     dw = product(transposed(features), dy_parts)  # (D * width + extra, out)
                     del features
                     if extra:  # the column of ones: dW's bias row holds dy summed over the rows
+                        # (a copy when more blocks follow: a view would keep this block's dW alive)
                         colsum = dw[degree * width] if len(ctx.blocks) == 1 else dw[degree * width].clone()
                     _scatter_grads(dw, colsum, dcoeffs, i0, i1)
                     del dw

@@ -80,6 +80,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (n >= 1), for block sizes: ``triton.next_power_of_2``
+    costs what ``triton.cdiv`` does (see :func:`ceil_div`)."""
+    return 1 << (n - 1).bit_length()
+
+
 def launch(kernel, grid, *args, **meta):
     """Launch a (not autotuned) kernel, in Triton's interpreter on CPU tensors."""
     if interpret_mode():
@@ -151,20 +157,19 @@ class Product:
                 out = self._gemm(x, y, out)
         return out
 
-    def one(self, a: torch.Tensor, b: torch.Tensor, out=None, bias=None):
-        """One GEMM ``a @ b`` (added to ``out``, or with a 1-D ``bias`` of ``a``'s dtype added
-        to each row, when given), in TF32 when the layer uses it: for operands that are split
-        already, e.g. stacked halves, and for unsplit ones."""
+    def one(self, a: torch.Tensor, b: torch.Tensor, out=None):
+        """One GEMM ``a @ b`` (added to ``out`` when given), in TF32 when the layer uses it: for
+        operands that are split already, e.g. stacked halves, and for unsplit ones."""
         with self._precision():
-            return self._gemm(a, b, out, bias)
+            return self._gemm(a, b, out)
 
     def _precision(self):
         return cublas_tf32() if self.tf32 else nullcontext()
 
     @staticmethod
-    def _gemm(a: torch.Tensor, b: torch.Tensor, out=None, bias=None):
+    def _gemm(a: torch.Tensor, b: torch.Tensor, out=None):
         if out is None:
-            return a @ b if bias is None else torch.addmm(bias, a, b)
+            return a @ b
         if a.dtype == out.dtype:
             return out.addmm_(a, b)
         if out.is_cuda:  # 16-bit operands, fp32 result: cuBLAS adds into out in place (no 16-bit
