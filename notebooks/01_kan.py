@@ -226,16 +226,19 @@ assert any(math.isnan(r[2]) for r in rows)
 # gradient as a tiled matrix product over the batch, without atomics. Only $X$ and the weights
 # are saved for the backward pass. On a CPU the same layers run the PyTorch reference; CI
 # tests every kernel against it in Triton's interpreter.
+#
+# Each layer has a second Triton path, the split-GEMM path described with the benchmark below.
+# The check here runs both paths, forward and backward, against the float64 reference.
 
 # %%
 from labkit.kan.checks import kernel_errors
 
 # Small enough (256 x 96 -> 160) that each kernel compiles one fixed configuration, without autotuning.
 if device.type == "cuda":
-    errors = kernel_errors(device, rows=256, d_in=96, d_out=160)
-    print(f"{'layer':10s} {'dtype':9s} {'output rel. err':>16s} {'worst gradient':>15s}")
-    for name, dt, e_out, e_grad in errors:
-        print(f"{name:10s} {dt:9s} {e_out:16.2e} {e_grad:15.2e}")
+    errors = kernel_errors(device, rows=256, d_in=96, d_out=160)  # both paths: fused and split-GEMM
+    print(f"{'layer':10s} {'path':6s} {'dtype':9s} {'output rel. err':>16s} {'worst gradient':>15s}")
+    for name, path, dt, e_out, e_grad in errors:
+        print(f"{name:10s} {path:6s} {dt:9s} {e_out:16.2e} {e_grad:15.2e}")
 else:
     errors = None
     print("No GPU here: the layers run their PyTorch reference. The kernels are tested in CI under "
@@ -243,9 +246,9 @@ else:
 
 # %% tags=["remove-cell"]
 if errors is not None:
-    for name, dt, e_out, e_grad in errors:
+    for name, path, dt, e_out, e_grad in errors:
         tol = 1e-4 if dt == "float32" else 2e-2
-        assert e_out < tol and e_grad < tol, (name, dt, e_out, e_grad)
+        assert e_out < tol and e_grad < tol, (name, path, dt, e_out, e_grad)
 
 # %% [markdown]
 # ### Speed and memory on an H100
@@ -267,8 +270,9 @@ if errors is not None:
 # runs at twice TF32's rate; the `_gemm_3xtf32` rows do all three in TF32. Each row has
 # three clocks: `median_ms`, one call that starts on an idle GPU (host work before and between
 # the kernels counts); `loop_ms`, per call of twenty calls back to back, as in a training loop;
-# and `graph_ms`, a replay from a CUDA graph, the kernels alone. The sweeps are an older run
-# (November 2026) of the fused kernels only.
+# and `graph_ms`, a replay from a CUDA graph, the kernels alone. The sweeps (bf16, one call each)
+# vary one size at a time around the headline shape, both paths of both layers; the width sweep
+# starts at 192, the width of chapter 2's small ViT.
 
 # %%
 from labkit.bench import format_table, load_results
@@ -452,40 +456,45 @@ fig.tight_layout()
 # * The chapter's budgets are at most 4x the time of `Linear+GELU` and 2x its peak memory for the
 #   B-spline layer, 2x and 1.5x for the Chebyshev layer. The table's times are one call each
 #   (the issue's clock: its `Linear+GELU` baselines, 1.40 and 0.58 ms, are per call). In the
-#   committed run (an H100 whose host was slow: `Linear+GELU` took 1.48 ms in fp32 and 0.60 ms in
-#   bf16 per call, against 0.21 ms of kernels in bf16):
-#   * the B-spline layer's split-GEMM path meets both budgets in both dtypes: 3.28x in fp32
-#     (4.86 ms) at 1.82x the peak memory, 2.77x in bf16 (1.64 ms) at 0.82x. In fp32 the bf16
-#     cross terms are what brings it under 4x: with all three products in TF32
-#     (`bspline_labkit_gemm_3xtf32`) it takes 6.77 ms, 4.57x;
-#   * ChebyKAN's split-GEMM path meets both budgets in fp32, 1.39x (2.06 ms) at 1.27x the peak
-#     memory. In bf16 it meets the memory budget (0.93x) but **not the time budget: 2.33x**
-#     (1.38 ms). Its kernels take 0.40 ms there (1.93x `Linear+GELU`'s): its three GEMMs alone take
-#     0.24 ms, since degree 3 makes their inner dimension three times `Linear`'s. The rest is the
-#     host, which issues the step's launches more slowly than the GPU runs them, back to back too
-#     (`loop_ms` 1.33 ms). `bench/diagnostics/kan_step_profile.py` lists the kernels of one step
-#     (`diag-kan-step-profile.log`).
+#   committed run (an H100; `Linear+GELU` took 1.39 ms in fp32 and 0.39 ms in bf16 per call, its
+#   kernels 0.20 ms in bf16), **the split-GEMM paths meet every budget**:
+#   * the B-spline layer: 3.24x in fp32 (4.51 ms) at 1.82x the peak memory, 3.58x in bf16
+#     (1.38 ms) at 0.82x. In fp32 the bf16 cross terms are what brings it under 4x: with all three
+#     products in TF32 (`bspline_labkit_gemm_3xtf32`) it takes 6.54 ms, 4.70x;
+#   * ChebyKAN: 1.36x in fp32 (1.89 ms) at 1.27x the peak memory, 1.90x in bf16 (0.73 ms) at
+#     0.51x. The bf16 margin is thin, and it is the host's: the step's kernels take 0.35 ms (1.76x
+#     `Linear+GELU`'s; its three GEMMs alone take 0.24 ms, since degree 3 makes their inner
+#     dimension three times `Linear`'s), but the host issues the step (seven launches, autograd's
+#     bookkeeping, Triton's argument handling) more slowly than the GPU runs it: back to back the
+#     calls take 0.87 ms each (`loop_ms`, 2.82x `Linear+GELU`'s 0.31 ms). One call on an idle GPU
+#     overlaps that host work with the kernels. `bench/diagnostics/kan_step_profile.py` lists the kernels of
+#     one step (`diag-kan-step-profile.log`).
 #
 #   How fast the host is decides the per-call ratios at this size: the H100 machines lent to this
-#   project issued `Linear+GELU`'s bf16 step in 0.30 to 0.60 ms per call on the same day. The fused
-#   kernels stay far off on any host (B-spline 15.3x and 4.3x, ChebyKAN 3.3x and 2.4x).
-# * Against the alternatives, the split-GEMM B-spline path is the fastest B-spline layer in fp32:
-#   2.3x faster than inkan's compiled cubic layer (4.86 against 11.33 ms) and 2.5x faster than
-#   `torch.compile` of the document's formulation (12.07 ms). In bf16 per call inkan is as fast on
-#   this host (1.60 against 1.64 ms); in kernel time the split-GEMM path is faster (0.94 against
-#   1.39 ms; the compiled formulation 1.81). It needs 1.16x inkan's peak memory in fp32 and 0.43x in
-#   bf16. pykan's layer ran out of memory at this shape in both dtypes. The fused B-spline
-#   kernels, which generate the bases inside the GEMM loop, lose in fp32 even to the uncompiled
-#   document formulation, whose large GEMMs cuBLAS runs well. For the Chebyshev layer,
-#   `torch.compile` of the document's formulation is the fastest per call in bf16 (1.11 ms), while
-#   in kernel time labkit's split-GEMM path is faster in both dtypes (bf16 0.40 against 0.43 ms,
-#   fp32 1.50 against 4.73 ms).
-# * `KANLinear` and `ChebyKANLayer` still take the fused path by default
-#   (`labkit.kan.ops.DEFAULT_BSPLINE_PATH`, `DEFAULT_CHEBYSHEV_PATH`); pass `path="gemm"` to the
-#   functions `labkit.kan.ops.bspline_kan` and `chebykan`, or set those two module constants to
-#   `"gemm"`, for the faster one. Switching the defaults waits until this chapter and chapter 2,
-#   which trains KAN feed-forwards on the GPU, have been re-run with them.
-
+#   project issued `Linear+GELU`'s bf16 step in 0.30 to 0.60 ms per call, and on the slowest of
+#   them an earlier version of the ChebyKAN path (one launch more, more Python per step) took
+#   2.33x. The fused kernels stay far off on any host (B-spline 15.9x and 6.6x, ChebyKAN 3.4x and
+#   2.8x).
+# * Against the alternatives, the split-GEMM B-spline path is the fastest B-spline layer: in fp32
+#   2.4x faster than inkan's compiled cubic layer (4.51 against 10.81 ms) and 2.6x faster than
+#   `torch.compile` of the document's formulation (11.73 ms); in bf16 1.38 ms per call against
+#   inkan's 1.52 and the compiled formulation's 2.21 (kernel time 0.94 against 1.30 and 1.80 ms).
+#   It needs 1.16x inkan's peak memory in fp32 and 0.43x in bf16. pykan's layer ran out of memory
+#   at this shape in both dtypes. The fused B-spline kernels, which generate the bases inside the
+#   GEMM loop, lose in fp32 even to the uncompiled document formulation, whose large GEMMs cuBLAS
+#   runs well. For the Chebyshev layer the split-GEMM path is the fastest per call in both dtypes
+#   (fp32 1.89 against 4.87 ms for the compiled formulation, bf16 0.73 against 0.91 ms) and in
+#   kernel time (1.54 against 4.71 ms, 0.35 against 0.43 ms). Back to back in bf16 the compiled
+#   formulation is faster (0.60 against 0.87 ms per call): its host work per step is smaller.
+# * Which path a layer takes: `path="auto"`, the default of `KANLinear`, `ChebyKANLayer` and the
+#   functions `labkit.kan.ops.bspline_kan` and `chebykan`, picks by size. The sweeps show why.
+#   At 4096 rows of width 192 -> 768 the fused kernels are faster (ChebyKAN 0.57 against
+#   0.69 ms, B-spline 0.96 against 1.00 ms), at 384 -> 1536 the two paths tie, and from
+#   768 -> 3072 up the split-GEMM path wins by a widening margin (ChebyKAN 1.46 against 2.71 ms at
+#   16,384 rows). Small layers are bound by the host, where the fused path's fewer launches win;
+#   large ones by the GEMMs, which cuBLAS runs faster than the fused kernels' `tl.dot`. So "auto"
+#   takes the split-GEMM path from `labkit.kan.ops.GEMM_MIN_MACS` (2e9) multiply-adds of the
+#   equivalent `Linear` (rows x in x out) up. Pass `path="fused"` or `path="gemm"` to choose.
 
 # %% tags=["remove-cell"]
 # The claims of the bullets above, checked against the committed benchmark file.
@@ -495,7 +504,7 @@ assert ratio("bspline_seed", "bf16", "mem_vs_linear") > 6
 graph = lambda impl, dtype: row[impl, dtype]["graph_ms"]  # noqa: E731  (kernels alone)
 for dtype in ("fp32", "bf16"):
     assert ratio("bspline_labkit_gemm", dtype) <= 4 and ratio("bspline_labkit_gemm", dtype, "mem_vs_linear") <= 2
-    assert ratio("cheby_labkit_gemm", dtype, "mem_vs_linear") <= 1.5
+    assert ratio("cheby_labkit_gemm", dtype) <= 2 and ratio("cheby_labkit_gemm", dtype, "mem_vs_linear") <= 1.5
     assert ratio("bspline_labkit", dtype) > 4 and ratio("cheby_labkit", dtype) > 2  # the fused kernels
     assert graph("cheby_labkit_gemm", dtype) < graph("cheby_labkit", dtype)
     fastest = min((r for r in head if r["status"] == "ok" and r["dtype"] == dtype
@@ -503,13 +512,24 @@ for dtype in ("fp32", "bf16"):
     assert fastest["impl"] == "bspline_labkit_gemm", (dtype, fastest["impl"])
     assert not any(r["status"] == "ok" for r in head if r["impl"] == "pykan" and r["dtype"] == dtype)
 assert row["bspline_labkit_gemm", "fp32"]["median_ms"] * 2 < row["inkan", "fp32"]["median_ms"]
-assert row["inkan", "bf16"]["median_ms"] < row["bspline_labkit_gemm", "bf16"]["median_ms"]
+assert row["bspline_labkit_gemm", "bf16"]["median_ms"] < row["inkan", "bf16"]["median_ms"]
 assert ratio("bspline_labkit_gemm_3xtf32", "fp32") > 4  # all three products in TF32: over the budget
-assert ratio("cheby_labkit_gemm", "fp32") <= 2 and ratio("cheby_labkit_gemm", "bf16") > 2  # bf16: over the budget
 assert ratio("cheby_labkit_gemm", "fp32", "graph_vs_linear") < 1.5 and ratio("cheby_labkit_gemm", "bf16", "graph_vs_linear") < 2
 assert row["cheby_labkit_gemm", "bf16"]["loop_ms"] > 2 * graph("cheby_labkit_gemm", "bf16")  # host-bound
 assert row["bspline_labkit", "fp32"]["median_ms"] > row["bspline_seed", "fp32"]["median_ms"]
-cheby_bf16 = [r for r in head if r["status"] == "ok" and r["dtype"] == "bf16" and r["impl"].startswith("cheby")]
-assert min(cheby_bf16, key=lambda r: r["median_ms"])["impl"] == "cheby_seed_compiled"
+for dtype in ("fp32", "bf16"):
+    cheby = [r for r in head if r["status"] == "ok" and r["dtype"] == dtype and r["impl"].startswith("cheby")]
+    assert min(cheby, key=lambda r: r["median_ms"])["impl"] == "cheby_labkit_gemm", dtype
+assert row["cheby_seed_compiled", "bf16"]["loop_ms"] < row["cheby_labkit_gemm", "bf16"]["loop_ms"]  # back to back
 assert graph("cheby_labkit_gemm", "fp32") * 2.5 < graph("cheby_seed_compiled", "fp32")
 assert graph("cheby_labkit_gemm", "bf16") < graph("cheby_seed_compiled", "bf16")
+# The sweeps behind path="auto": fused faster at the smallest width, split-GEMM at the largest sizes.
+from labkit.kan import ops
+
+swept = {(r["sweep"], r["impl"], r["rows"], r["in"]): r["median_ms"] for r in load_results("kan-sweeps")["results"]
+         if r["status"] == "ok"}
+for layer in ("bspline", "cheby"):
+    assert swept["width", f"{layer}_labkit", 4096, 192] < swept["width", f"{layer}_labkit_gemm", 4096, 192]
+    assert swept["width", f"{layer}_labkit_gemm", 4096, 1024] < swept["width", f"{layer}_labkit", 4096, 1024]
+    assert swept["batch", f"{layer}_labkit_gemm", 16384, 768] < swept["batch", f"{layer}_labkit", 16384, 768]
+assert 4096 * 192 * 768 < ops.GEMM_MIN_MACS < 4096 * 768 * 3072 and ops.DEFAULT_CHEBYSHEV_PATH == "auto"

@@ -371,8 +371,9 @@ def test_kernel_errors_are_small_and_complete():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = checks.kernel_errors(device, rows=20, d_in=6, d_out=10)  # tiny: the interpreter runs programs in NumPy
-    assert [(r.layer, r.dtype) for r in rows] == [
-        ("B-spline", "float32"), ("Chebyshev", "float32"), ("B-spline", "bfloat16"), ("Chebyshev", "bfloat16")
+    assert [(r.layer, r.path, r.dtype) for r in rows] == [
+        (layer, path, dtype) for dtype in ("float32", "bfloat16") for layer in ("B-spline", "Chebyshev")
+        for path in ("fused", "gemm")
     ]
     for r in rows:
         tol = 1e-5 if r.dtype == "float32" else 2e-2
@@ -406,3 +407,26 @@ def test_kernel_errors_rejects_empty_sizes():
 
     with pytest.raises(ValueError, match="rows, d_in and d_out must be >= 1"):
         checks.kernel_errors("cpu", rows=0)
+    with pytest.raises(ValueError, match="paths must be"):
+        checks.kernel_errors("cpu", paths=("split",))
+
+
+# ------------------------------------------------ which Triton path a call takes
+def test_auto_path_picks_by_size():
+    """``path="auto"`` (the default) takes the fused kernels for small layers, the split-GEMM path
+    for large ones (the threshold is the kan-sweeps crossover), and keeps explicit choices."""
+    from labkit.kan import ops
+
+    assert ops.DEFAULT_BSPLINE_PATH == ops.DEFAULT_CHEBYSHEV_PATH == "auto"
+    small = torch.empty(128, 50, 192, device="meta")  # chapter 2's ViT: 6,400 tokens, 192 -> 193
+    large = torch.empty(4096, 768, device="meta")  # the kan suite's headline shape, 768 -> 3072
+    assert ops.resolve_path(None, "auto", small, 192, 193) == "fused"
+    assert ops.resolve_path(None, "auto", large, 768, 3072) == "gemm"
+    rows = ops.GEMM_MIN_MACS // (768 * 3072) + 1  # just above the threshold
+    assert ops.resolve_path("auto", "fused", torch.empty(rows, 768, device="meta"), 768, 3072) == "gemm"
+    assert ops.resolve_path("auto", "fused", torch.empty(rows - 2, 768, device="meta"), 768, 3072) == "fused"
+    assert ops.resolve_path("auto", "fused", torch.empty(0, 768, device="meta"), 768, 3072) == "fused"
+    assert ops.resolve_path("fused", "auto", large, 768, 3072) == "fused"
+    assert ops.resolve_path(None, "gemm", small, 192, 193) == "gemm"
+    with pytest.raises(ValueError, match="path must be one of"):
+        ops.resolve_path("cublas", "auto", small, 192, 193)

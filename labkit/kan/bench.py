@@ -208,22 +208,29 @@ def run_sweeps(device: torch.device, quick: bool) -> tuple[dict, list[dict]]:
         raise SystemExit("the kan-sweeps suite needs a GPU (it times the Triton kernels)")
     config = {"dtype": "bf16", "around": "4096 x 768 -> 3072, G=5, k=3, degree 3",
               "measured": "forward + backward (grads of input and all weights)"}
-    return config, _with_ratios(sweeps(device, repeats=5 if quick else 20), _ratio_key)
+    rows: list[dict] = []
+    with KeepRowsOnInterrupt("kan-sweeps", rows) as stop:
+        sweeps(device, repeats=5 if quick else 20, out=rows)
+    config["interrupted"] = stop.interrupted
+    return config, _with_ratios(rows, _ratio_key)
 
 
-def sweeps(device: torch.device, dtype: str = "bf16", repeats: int = 20) -> list[dict]:
-    """Vary one size at a time around the headline shape; each point also times Linear+GELU."""
+def sweeps(device: torch.device, dtype: str = "bf16", repeats: int = 20, out: list | None = None) -> list[dict]:
+    """Vary one size at a time around the headline shape; each point also times Linear+GELU.
+
+    Rows are appended to ``out`` (a new list if None) as they are measured, so that an
+    interrupted run keeps them."""
     points = []
     # The headline shape (4096 x 768 -> 3072, G=5, degree 3) is the middle point of every sweep.
     for b in (1024, 4096, 16384):
         points.append(("batch", b, 768, 3072, {}))
-    for w in (384, 768, 1024):
+    for w in (192, 384, 768, 1024):  # 192: chapter 2's ViT width, where the fused kernels may win
         points.append(("width", 4096, w, 4 * w, {}))
     for g in (3, 5, 10):
         points.append(("grid_size", 4096, 768, 3072, {"grid_size": g}))
     for d in (1, 3, 6):
         points.append(("degree", 4096, 768, 3072, {"degree": d}))
-    out = []
+    out = [] if out is None else out
     for name, b, d_in, d_out, extra in tqdm(points, desc="kan sweeps"):
         impls = ["linear_gelu"]
         if name != "degree":
@@ -286,6 +293,8 @@ def plot_sweeps(results: dict, path=None):
     rows = [r for r in results["results"] if r["sweep"] in SWEEP_AXES and r["status"] == "ok"]
     if not rows:
         return None
+    # One colour per implementation in every column (the columns hold different subsets of them).
+    colours = {impl: f"C{i}" for i, impl in enumerate(sorted({r["impl"] for r in rows}))}
     fig, axes = plt.subplots(2, len(SWEEP_AXES), figsize=(15, 6.5))
     for col, (sweep, key) in enumerate(SWEEP_AXES.items()):
         points = [r for r in rows if r["sweep"] == sweep]
@@ -294,18 +303,26 @@ def plot_sweeps(results: dict, path=None):
                 continue
             series = sorted((r[key], r["median_ms"], r["peak_mib"]) for r in points if r["impl"] == impl)
             sizes, times, memory = zip(*series)
-            axes[0, col].plot(sizes, times, "o-", label=impl)
-            axes[1, col].plot(sizes, memory, "o-", label=impl)
+            axes[0, col].plot(sizes, times, "o-", color=colours[impl], label=impl)
+            axes[1, col].plot(sizes, memory, "o-", color=colours[impl], label=impl)
         dtypes = sorted({r["dtype"] for r in points})
         axes[0, col].set_title(f"time vs {sweep} ({', '.join(dtypes)})")
         axes[1, col].set_title(f"peak memory vs {sweep}")
         axes[1, col].set_xlabel(key)
-        axes[0, col].set_yscale("log")
-        axes[1, col].set_yscale("log")
+        for ax in axes[:, col]:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+            if sweep in ("batch", "width"):  # sizes that double: a log axis spaces them evenly
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(sorted({r[key] for r in points}), [str(v) for v in sorted({r[key] for r in points})])
+                ax.xaxis.set_minor_formatter(plt.NullFormatter())
     axes[0, 0].set_ylabel("ms, forward + backward")
     axes[1, 0].set_ylabel("extra MiB at peak")
-    axes[0, 0].legend(fontsize=7)
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
     fig.tight_layout()
+    fig.subplots_adjust(top=0.87)  # room for the shared legend above the titles
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles), fontsize=8)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

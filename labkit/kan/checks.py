@@ -1,8 +1,9 @@
-"""Accuracy check of the fused Triton kernels against the float64 PyTorch reference.
+"""Accuracy check of the Triton kernels against the float64 PyTorch reference.
 
-:func:`kernel_errors` runs both KAN layers forward and backward twice, once through the
-Triton kernels (in fp32 and in bf16) and once through :mod:`labkit.kan.reference` in
-float64, and reports the relative error of the output and of the worst gradient.
+:func:`kernel_errors` runs both KAN layers forward and backward through each Triton path
+(:data:`labkit.kan.ops.PATHS`: the fused kernels and the split-GEMM kernels, in fp32 and in
+bf16) and once through :mod:`labkit.kan.reference` in float64, and reports the relative error
+of the output and of the worst gradient.
 
 The default sizes are chosen to compile *one* kernel configuration per kernel: above
 ``triton_bspline._SMALL_PROBLEM_MACS`` multiply-adds the B-spline kernels autotune (tens of
@@ -24,6 +25,7 @@ class KernelError(NamedTuple):
     """One row of :func:`kernel_errors`: relative errors (L2 norm of the difference / norm of the reference)."""
 
     layer: str  # "B-spline" or "Chebyshev"
+    path: str  # "fused" or "gemm" (labkit.kan.ops.PATHS)
     dtype: str  # "float32" or "bfloat16": the dtype the kernels computed in
     output: float  # error of the layer output
     worst_gradient: float  # largest error among the gradients of x and of every weight
@@ -79,6 +81,7 @@ def kernel_errors(
     degree: int = 3,
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16),
     seed: int = 1,
+    paths: tuple[str, ...] = ops.PATHS,
 ) -> list[KernelError]:
     """Max relative error of the Triton kernels against the float64 reference: output and every gradient.
 
@@ -88,11 +91,15 @@ def kernel_errors(
 
     ``device`` must be CUDA, or CPU with ``TRITON_INTERPRET=1`` set before triton was imported
     (then keep the sizes tiny: the interpreter runs every program in NumPy).
-    Returns one :class:`KernelError` per (dtype, layer), dtypes in the outer loop.
+    Returns one :class:`KernelError` per (dtype, layer, path), dtypes in the outer loop, paths
+    in the inner one.
     """
     device = torch.device(device)
     if min(rows, d_in, d_out) < 1:
         raise ValueError(f"rows, d_in and d_out must be >= 1, got {rows}, {d_in}, {d_out}")
+    unknown = [p for p in paths if p not in ops.PATHS]
+    if unknown or not paths:
+        raise ValueError(f"paths must be a non-empty tuple of {ops.PATHS}, got {paths!r}")
     results = []
     with _chebyshev_without_autotuning():
         for dtype in dtypes:
@@ -101,19 +108,20 @@ def kernel_errors(
             kan_layer = KANLinear(d_in, d_out, grid_size=grid_size, spline_order=spline_order).to(device)
             cheb_layer = ChebyKANLayer(d_in, d_out, degree).to(device)
 
-            def bspline(xx, p, backend):
+            def bspline(xx, p, backend, path):
                 # The kernels take float32 knots whatever the dtype; the reference computes in float64.
                 knots = kan_layer.grid if backend == "triton" else kan_layer.grid.double()
-                return ops.bspline_kan(xx, knots, *p, spline_order, backend=backend)
+                return ops.bspline_kan(xx, knots, *p, spline_order, backend=backend, path=path)
 
-            def chebyshev(xx, p, backend):
-                return ops.chebykan(xx, *p, backend=backend)
+            def chebyshev(xx, p, backend, path):
+                return ops.chebykan(xx, *p, backend=backend, path=path)
 
             cases = {
                 "B-spline": (bspline, [kan_layer.base_weight, kan_layer.spline_weight, kan_layer.spline_scaler]),
                 "Chebyshev": (chebyshev, [cheb_layer.cheby_coeffs]),
             }
             for name, (fn, params) in cases.items():
-                e_out, e_grad = _errors_of(fn, x, params, dtype)
-                results.append(KernelError(name, str(dtype).removeprefix("torch."), e_out, e_grad))
+                for path in paths:
+                    e_out, e_grad = _errors_of(lambda xx, pp, backend: fn(xx, pp, backend, path), x, params, dtype)
+                    results.append(KernelError(name, path, str(dtype).removeprefix("torch."), e_out, e_grad))
     return results

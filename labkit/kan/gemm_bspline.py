@@ -28,12 +28,12 @@ Everything is tested against the PyTorch reference in ``tests/test_kan_gemm_bspl
 (on the CPU the GEMMs are exact fp32 matmuls and the kernels run in Triton's interpreter).
 
 On an H100 at 4096 x 768 -> 3072 (forward + backward, one call; the ``kan`` suite's
-``kan.json`` of 2026-12-06) this path took 4.78 ms in fp32 (7.21 ms with 3xTF32) and 2.07 ms
-in bf16, against 22.5 / 2.7 ms for the fused kernels, 11.9 / 2.3 ms for the seed's formulation
-under ``torch.compile`` and 10.9 / 1.7 ms for inkan (Linear+GELU: 1.52 / 0.58 ms; 3.2x and
+``kan.json`` of 2026-12-06) this path took 4.51 ms in fp32 (6.54 ms with 3xTF32) and 1.38 ms
+in bf16, against 22.2 / 2.5 ms for the fused kernels, 11.7 / 2.2 ms for the seed's formulation
+under ``torch.compile`` and 10.8 / 1.5 ms for inkan (Linear+GELU: 1.39 / 0.39 ms; 3.2x and
 3.6x, at 1.82x and 0.82x its peak memory). In fp32 the GEMMs are almost all of it
-(bench/diagnostics/gemm_profile.py). :data:`labkit.kan.ops.DEFAULT_BSPLINE_PATH` is still
-``"fused"``: the chapters' B-spline runs were made with it, and switching means running them again.
+(bench/diagnostics/gemm_profile.py). Below about 2e9 multiply-adds the fused kernels are
+faster (:data:`labkit.kan.ops.GEMM_MIN_MACS`), and ``path="auto"`` takes them there.
 """
 from __future__ import annotations
 

@@ -21,16 +21,13 @@ PyTorch copies, splits and reductions around the GEMMs, as this path had been), 
 sixteen (about forty before, in two blocks).
 
 fp32 products are split as in :mod:`labkit.kan.split_gemm` here too (TF32 main term, bf16 cross
-terms). Tested on the CPU (``tests/test_kan_gemm_chebyshev.py``). The version before the column
-of ones (commit e27e788: the bias added by the GEMM's epilogue, dy summed by PyTorch, one
-launch more) was tested on an H100 too (``pytest-kan-gemm-chebyshev.log``) and timed there at
+terms). Tested against the reference on the CPU under the interpreter and on an H100
+(``tests/test_kan_gemm_chebyshev.py``; ``pytest-kan-gemm-chebyshev.log``). Timed there at
 4096 x 768 -> 3072, degree 3 (forward + backward; the ``kan`` suite, bench/results/.../kan.json
-of 2026-12-06, a machine with a slow host): one call took 2.06 ms in fp32 (1.39x Linear+GELU's,
-peak memory 1.27x) and 1.38 ms in bf16 (2.33x, memory 0.93x), its kernels 1.50 / 0.40 ms
-(Linear+GELU's 1.35 / 0.21 ms): in bf16 the host issued the step's launches more slowly than
-the GPU ran them. This version has not run on a GPU yet.
-:data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH` is still ``"fused"``: chapters 1 and 2 were run
-with it.
+of 2026-12-06): one call took 1.89 ms in fp32 (1.36x Linear+GELU's, peak memory 1.27x) and
+0.73 ms in bf16 (1.90x, memory 0.51x), its kernels 1.54 / 0.35 ms (Linear+GELU's 1.34 /
+0.20 ms). In bf16 the host is the limit: back to back a call takes 0.87 ms. Below about 2e9
+multiply-adds the fused kernels are faster (:data:`labkit.kan.ops.GEMM_MIN_MACS`).
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ Differences from efficient-kan, each for a measured reason (see the tests):
 * ``extend_grid`` implements the KAN paper's grid extension (efficient-kan has none).
 * the entropy term of ``regularization_loss`` is finite when an edge's weights are 0.
 
-The forward pass goes through :mod:`labkit.kan.ops`, which picks the Triton kernel or
-the PyTorch reference (``layer.backend = "auto" | "triton" | "torch"``).
+The forward pass goes through :mod:`labkit.kan.ops`, which picks the Triton kernels or
+the PyTorch reference (``layer.backend = "auto" | "triton" | "torch"``) and, for Triton, the
+fused or the split-GEMM path by the layer's size (:data:`labkit.kan.ops.GEMM_MIN_MACS`).
 """
 from __future__ import annotations
 

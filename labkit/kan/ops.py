@@ -18,17 +18,34 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 #: Each layer's two Triton paths: "fused" (labkit.kan.triton_bspline / triton_chebyshev: features
 #: made inside the GEMM loop) and "gemm" (labkit.kan.gemm_bspline / gemm_chebyshev: feature
-#: kernels around cuBLAS).
+#: kernels around cuBLAS). ``path="auto"`` picks one of them by size (:func:`resolve_path`).
 PATHS = ("fused", "gemm")
+#: ``"auto"`` takes the split-GEMM path from this many multiply-adds of the equivalent Linear
+#: (rows x in x out) up, the fused kernels below. Why there: in the ``kan-sweeps`` suite (H100,
+#: bf16, one forward + backward call, 2026-12-06) the fused kernels were faster at 4096 x 192 -> 768
+#: (0.6e9: ChebyKAN 0.57 against 0.69 ms, B-spline 0.96 against 1.00 ms), the two tied at
+#: 4096 x 384 -> 1536 (2.4e9: 0.61 / 0.62 and 0.89 / 0.84 ms), and from 4096 x 768 -> 3072 (9.7e9)
+#: up the split-GEMM path won (0.67 against 0.99 ms, 1.19 against 2.50 ms). Small layers are
+#: bound by the host, where the fused path's fewer launches win; large ones by the GEMMs, which
+#: cuBLAS runs faster than the fused kernels' tl.dot.
+GEMM_MIN_MACS = 2 * 10**9
 #: The path ``bspline_kan`` / ``chebykan`` takes when none is named.
-DEFAULT_BSPLINE_PATH = "fused"
-DEFAULT_CHEBYSHEV_PATH = "fused"
+DEFAULT_BSPLINE_PATH = "auto"
+DEFAULT_CHEBYSHEV_PATH = "auto"
 
 
-def _path(path: str | None, default: str) -> str:
+def resolve_path(path: str | None, default: str, x: torch.Tensor, d_in: int, d_out: int) -> str:
+    """``"fused"`` or ``"gemm"`` for a layer ``d_in -> d_out`` applied to ``x`` (..., d_in).
+
+    ``path`` None means ``default``; ``"auto"`` compares the layer's multiply-adds with
+    :data:`GEMM_MIN_MACS`.
+    """
     path = default if path is None else path
+    if path == "auto":
+        rows = x.numel() // d_in if d_in else 0
+        return "gemm" if rows * d_in * d_out >= GEMM_MIN_MACS else "fused"
     if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
+        raise ValueError(f"path must be one of {PATHS}, 'auto' or None, got {path!r}")
     return path
 
 
@@ -60,9 +77,10 @@ def _unflatten(y: torch.Tensor, lead: tuple[int, ...] | None) -> torch.Tensor:
 def chebykan(x: torch.Tensor, coeffs: torch.Tensor, backend: str = "auto", path: str | None = None) -> torch.Tensor:
     """Chebyshev-KAN layer: ``sum_{i,d} T_d(tanh x_i) coeffs[i, o, d]``.
 
-    ``path`` picks the Triton implementation (:data:`PATHS`; None: :data:`DEFAULT_CHEBYSHEV_PATH`).
+    ``path`` picks the Triton implementation (:data:`PATHS`, or ``"auto"``: by size; None:
+    :data:`DEFAULT_CHEBYSHEV_PATH`).
     """
-    path = _path(path, DEFAULT_CHEBYSHEV_PATH)
+    path = resolve_path(path, DEFAULT_CHEBYSHEV_PATH, x, coeffs.shape[0], coeffs.shape[1])
     if _backend(backend, x, coeffs) == "torch":
         return reference.chebykan_reference(x, coeffs)
     if path == "gemm":
@@ -94,9 +112,10 @@ def bspline_kan(
 ) -> torch.Tensor:
     """B-spline KAN layer with a SiLU base branch (efficient-kan semantics).
 
-    ``path`` picks the Triton implementation (:data:`PATHS`; None: :data:`DEFAULT_BSPLINE_PATH`).
+    ``path`` picks the Triton implementation (:data:`PATHS`, or ``"auto"``: by size; None:
+    :data:`DEFAULT_BSPLINE_PATH`).
     """
-    path = _path(path, DEFAULT_BSPLINE_PATH)
+    path = resolve_path(path, DEFAULT_BSPLINE_PATH, x, base_weight.shape[1], base_weight.shape[0])
     tensors = [grid, base_weight, spline_weight] + ([spline_scaler] if spline_scaler is not None else [])
     if _backend(backend, x, *tensors) == "torch":
         return reference.bspline_kan_reference(x, grid, base_weight, spline_weight, spline_scaler, spline_order)
