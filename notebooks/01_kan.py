@@ -486,15 +486,16 @@ fig.tight_layout()
 #   (fp32 1.89 against 4.87 ms for the compiled formulation, bf16 0.73 against 0.91 ms) and in
 #   kernel time (1.54 against 4.71 ms, 0.35 against 0.43 ms). Back to back in bf16 the compiled
 #   formulation is faster (0.60 against 0.87 ms per call): its host work per step is smaller.
-# * Which path a layer takes: `path="auto"`, the default of `KANLinear`, `ChebyKANLayer` and the
-#   functions `labkit.kan.ops.bspline_kan` and `chebykan`, picks by size. The sweeps show why.
+# * Which path a layer takes: by default (`path="auto"`) `KANLinear`, `ChebyKANLayer` and the
+#   functions `labkit.kan.ops.bspline_kan` and `chebykan` pick one by size. The sweeps show why.
 #   At 4096 rows of width 192 -> 768 the fused kernels are faster (ChebyKAN 0.57 against
 #   0.69 ms, B-spline 0.96 against 1.00 ms), at 384 -> 1536 the two paths tie, and from
 #   768 -> 3072 up the split-GEMM path wins by a widening margin (ChebyKAN 1.46 against 2.71 ms at
 #   16,384 rows). Small layers are bound by the host, where the fused path's fewer launches win;
 #   large ones by the GEMMs, which cuBLAS runs faster than the fused kernels' `tl.dot`. So "auto"
 #   takes the split-GEMM path from `labkit.kan.ops.GEMM_MIN_MACS` (2e9) multiply-adds of the
-#   equivalent `Linear` (rows x in x out) up. Pass `path="fused"` or `path="gemm"` to choose.
+#   equivalent `Linear` (rows x in x out) up. To choose, set a layer's `path` attribute to
+#   `"fused"` or `"gemm"`, or pass `path=` to the functions.
 
 # %% tags=["remove-cell"]
 # The claims of the bullets above, checked against the committed benchmark file.

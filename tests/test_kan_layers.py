@@ -430,3 +430,17 @@ def test_auto_path_picks_by_size():
     assert ops.resolve_path(None, "gemm", small, 192, 193) == "gemm"
     with pytest.raises(ValueError, match="path must be one of"):
         ops.resolve_path("cublas", "auto", small, 192, 193)
+
+
+def test_layers_pass_their_path_attribute():
+    """``layer.path`` reaches labkit.kan.ops (a wrong name fails there, before any kernel runs)."""
+    from labkit.kan import ChebyKANLayer, KANLinear
+
+    for layer in (KANLinear(3, 2), ChebyKANLayer(3, 2, 3)):
+        assert layer.path is None
+        layer(torch.rand(4, 3))
+        layer.path = "fused"
+        layer(torch.rand(4, 3))  # on the CPU the reference runs whatever the path
+        layer.path = "cublas"
+        with pytest.raises(ValueError, match="path must be one of"):
+            layer(torch.rand(4, 3))

@@ -90,8 +90,10 @@ class KANLinear(nn.Module):
     """B-spline KAN layer, (..., in_features) -> (..., out_features).
 
     ``grid_size`` G intervals on ``grid_range``, splines of order k = ``spline_order``.
-    Attributes ``backend`` ("auto", "triton", "torch") and ``check_inputs`` (False skips
-    the NaN/inf check of every input, which costs a GPU sync) can be set at any time.
+    Attributes ``backend`` ("auto", "triton", "torch"), ``path`` (the Triton path: "fused",
+    "gemm", "auto" or None for :data:`labkit.kan.ops.DEFAULT_BSPLINE_PATH`, which is "auto": by
+    size) and ``check_inputs`` (False skips the NaN/inf check of every input, which costs a GPU
+    sync) can be set at any time.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class KANLinear(nn.Module):
         self.grid_size, self.spline_order = grid_size, spline_order
         self.grid_eps = grid_eps
         self.backend = "auto"
+        self.path = None
         self.check_inputs = True
 
         self.register_buffer("grid", reference.uniform_knots(in_features, grid_size, spline_order, tuple(grid_range)))
@@ -188,7 +191,7 @@ class KANLinear(nn.Module):
         if isinstance(self.base_activation, nn.SiLU):  # the formula the kernels implement
             return ops.bspline_kan(
                 x, self.grid, self.base_weight, self.spline_weight, self.spline_scaler,
-                self.spline_order, backend=self.backend,
+                self.spline_order, backend=self.backend, path=self.path,
             )
         basis = reference.bspline_basis(x, self.grid, self.spline_order).flatten(-2)
         spline = F.linear(basis, self.scaled_spline_weight.reshape(self.out_features, -1))
@@ -327,8 +330,8 @@ class ChebyKANLayer(nn.Module):
     domain of the Chebyshev polynomials; inputs of more than a few units saturate it
     (zero gradient), so normalise the inputs of a stack (LayerNorm, or scale the data).
     The PyTorch path uses the recurrence ``T_n = 2t T_{n-1} - T_{n-2}``: finite gradients
-    everywhere, unlike ``cos(n acos(tanh x))``. Attributes ``backend`` and
-    ``check_inputs`` work as in :class:`KANLinear`.
+    everywhere, unlike ``cos(n acos(tanh x))``. Attributes ``backend``, ``path`` (None:
+    :data:`labkit.kan.ops.DEFAULT_CHEBYSHEV_PATH`) and ``check_inputs`` work as in :class:`KANLinear`.
     """
 
     def __init__(self, input_dim: int, output_dim: int, degree: int):
@@ -337,13 +340,14 @@ class ChebyKANLayer(nn.Module):
             raise ValueError(f"degree must be >= 0, got {degree}")
         self.input_dim, self.output_dim, self.degree = input_dim, output_dim, degree
         self.backend = "auto"
+        self.path = None
         self.check_inputs = True
         self.cheby_coeffs = nn.Parameter(torch.empty(input_dim, output_dim, degree + 1))
         nn.init.normal_(self.cheby_coeffs, mean=0.0, std=1 / (input_dim * (degree + 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layer_input(x, self.input_dim, self.cheby_coeffs, self.check_inputs)
-        return ops.chebykan(x, self.cheby_coeffs, backend=self.backend)
+        return ops.chebykan(x, self.cheby_coeffs, backend=self.backend, path=self.path)
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, output_dim={self.output_dim}, degree={self.degree}"
