@@ -6,6 +6,8 @@
 * :mod:`labkit.sda.plots`: the chapter's figures; :mod:`labkit.sda.bench`: benchmark suites ``flow``, ``flow-cpu``;
 * :mod:`labkit.sda.jaxcfd`: the cross-check against jax-cfd (optional extra ``jaxcfd``);
 * :mod:`labkit.sda.score`: the noise schedules (:class:`VPSDE`), the sampler, likelihood guidance;
+* :mod:`labkit.sda.gaussian`: a Gaussian process over whole trajectories (the data's mean, spectrum and
+  time correlation) and the hand-off from it to the network at a noise level;
 * :mod:`labkit.sda.nn`: the score networks (:class:`ScoreUNet`, :class:`MCScoreNet`, :func:`make_score`).
 """
 from labkit.sda.data import DatasetSpec, TrajectoryDataset, generate, read_split
