@@ -23,15 +23,26 @@ def held_out(folder: str):
     return test, held, stats.energy_spectrum(held)[1]
 
 
-def spectrum_ratio(score, e_data, count: int, states: int, size: int, steps: int, corrections: int,
-                   tau: float = 0.5, ancestral: float = 0.0, device="cpu") -> dict:
-    """``std``, ``ratio`` (k = 1..16) and ``worst`` (max |ratio - 1|) of ``count`` sampled trajectories."""
+def sample_trajectories(score, count: int, states: int, size: int, steps: int, corrections: int,
+                        tau: float = 0.5, ancestral: float = 0.0, device="cpu") -> torch.Tensor:
+    """``count`` unconditional trajectories (count, states, 2, size, size), sampled with seed 1, on the CPU."""
     torch.manual_seed(1)
-    x = VPSDE(score, (states, 2, size, size)).to(device).sample(
+    return VPSDE(score, (states, 2, size, size)).to(device).sample(
         (count,), steps=steps, corrections=corrections, tau=tau, progress=False, ancestral=ancestral).float().cpu()
+
+
+def judge_spectrum(x: torch.Tensor, e_data) -> dict:
+    """``std``, ``ratio`` (k = 1..16) and ``worst`` (max |ratio - 1|) of trajectories ``x``."""
     r = stats.energy_spectrum(x)[1] / e_data
     return dict(std=round(x.std().item(), 3), ratio=[round(float(v), 2) for v in r[1:17]],
                 worst=round(float(np.abs(r[1:17] - 1).max()), 3))
+
+
+def spectrum_ratio(score, e_data, count: int, states: int, size: int, steps: int, corrections: int,
+                   tau: float = 0.5, ancestral: float = 0.0, device="cpu") -> dict:
+    """:func:`judge_spectrum` of :func:`sample_trajectories`."""
+    return judge_spectrum(sample_trajectories(score, count, states, size, steps, corrections, tau, ancestral, device),
+                          e_data)
 
 
 def coarse_residual(score, test, steps: int, corrections: int, tau: float = 0.5, device="cpu",

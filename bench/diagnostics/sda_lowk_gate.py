@@ -27,34 +27,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from labkit.sda import stats
 from labkit.sda.data import read_split
-from labkit.sda.score import VPSDE, GaussianSkip, power_spectrum
+from labkit.sda.gaussian import Handoff
+from labkit.sda.score import GaussianSkip, power_spectrum
 from labkit.sda.train import load_score
-from sda_judge import held_out
+from sda_judge import held_out, judge_spectrum, sample_trajectories
 
 
 class Zero(nn.Module):
     def forward(self, x, t, c=None):
         return torch.zeros_like(x)
-
-
-class Gated(nn.Module):
-    """eps(x, t) of the run where t <= tc, the Gaussian model's eps where t > tc (per batch element)."""
-
-    def __init__(self, score: nn.Module, gauss: nn.Module, tc: float):
-        super().__init__()
-        self.score, self.gauss, self.tc = score, gauss, float(tc)
-
-    def forward(self, x, t, c=None):
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        late = t > self.tc
-        if bool(late.all()):
-            return self.gauss(x, t)
-        if not bool(late.any()):
-            return self.score(x, t)
-        keep = late.reshape(-1, *([1] * (x.dim() - 1)))
-        return torch.where(keep, self.gauss(x, t), self.score(x, t))
 
 
 def gaussian_for(score: nn.Module, folder: str, config) -> nn.Module:
@@ -65,19 +47,6 @@ def gaussian_for(score: nn.Module, folder: str, config) -> nn.Module:
     train_states, _ = read_split(f"{folder}/train.h5")
     spectrum = power_spectrum(torch.as_tensor(np.asarray(train_states)))
     return GaussianSkip(Zero(), config.alpha, config.eta, spectrum)
-
-
-def sample(eps, count, states, size, steps, device="cpu"):
-    """As sda_judge.spectrum_ratio: seed 1, no corrector."""
-    torch.manual_seed(1)
-    return VPSDE(eps, (states, 2, size, size)).to(device).sample(
-        (count,), steps=steps, corrections=0, tau=0.5, progress=False).float().cpu()
-
-
-def judge(x, e_data) -> dict:
-    r = stats.energy_spectrum(x)[1] / e_data
-    return dict(std=round(x.std().item(), 3), ratio=[round(float(v), 2) for v in r[1:17]],
-                worst=round(float(np.abs(r[1:17] - 1).max()), 3))
 
 
 if __name__ == "__main__":
@@ -101,8 +70,8 @@ if __name__ == "__main__":
     for steps in steps_list:
         for tc in tcs:
             t0 = time.time()
-            eps = Gated(score, gauss, tc).eval()
-            x = sample(eps, count, states, test.shape[-1], steps)
+            eps = Handoff(gauss, score, tc).eval()
+            x = sample_trajectories(eps, count, states, test.shape[-1], steps, corrections=0)
             torch.save(x, f"{out_dir}/gate_{name}_{steps}_{tc}.pt")
-            print(json.dumps(dict(run=run, gauss=os.environ.get("GATE_GAUSS", "skip") + ("+mean" if os.environ.get("GP_MEAN") == "1" else ""), steps=steps, t_c=tc, samples=count, states=states, **judge(x, e_data),
+            print(json.dumps(dict(run=run, gauss=os.environ.get("GATE_GAUSS", "skip") + ("+mean" if os.environ.get("GP_MEAN") == "1" else ""), steps=steps, t_c=tc, samples=count, states=states, **judge_spectrum(x, e_data),
                                   seconds=round(time.time() - t0, 1))), flush=True)

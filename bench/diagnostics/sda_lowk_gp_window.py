@@ -27,31 +27,9 @@ import torch
 import torch.nn as nn
 
 from labkit.sda.data import read_split
-from labkit.sda.score import VPSDE, _mu, _sigma, power_spectrum
-from sda_judge import held_out
-from sda_lowk_gate import judge
-
-
-def shell_index(h: int, w: int) -> torch.Tensor:
-    kx = torch.fft.fftfreq(h, d=1.0 / h, dtype=torch.float64)[:, None]
-    ky = torch.fft.rfftfreq(w, d=1.0 / w, dtype=torch.float64)[None, :]
-    return (kx**2 + ky**2).sqrt().round().long()  # (h, w // 2 + 1)
-
-
-def shell_correlation(x: torch.Tensor, lags: int) -> torch.Tensor:
-    """rho_s(lag), lag = 0..lags-1, per shell s, from trajectories x (N, T, C, H, W)."""
-    f = torch.fft.rfft2(x.double(), norm="ortho")  # (N, T, C, H, W2)
-    shell = shell_index(*x.shape[-2:])
-    n_shell = int(shell.max()) + 1
-    weight = torch.ones_like(shell, dtype=torch.float64)
-    weight[:, 1:] = 2.0  # the halved columns count twice
-    if x.shape[-1] % 2 == 0:
-        weight[:, -1] = 1.0
-    rho = torch.zeros(n_shell, lags, dtype=torch.float64)
-    for lag in range(lags):
-        prod = (f[:, lag:] * f[:, : f.shape[1] - lag].conj()).real.mean(dim=(0, 1, 2)) * weight  # (H, W2)
-        rho[:, lag] = torch.zeros(n_shell, dtype=torch.float64).index_add_(0, shell.flatten(), prod.flatten())
-    return rho / rho[:, :1].clamp(min=1e-30)
+from labkit.sda.gaussian import shell_index, time_correlation
+from labkit.sda.score import _mu, _sigma, power_spectrum
+from sda_judge import held_out, judge_spectrum, sample_trajectories
 
 
 def gp_moments(train: torch.Tensor, states: int):
@@ -61,8 +39,8 @@ def gp_moments(train: torch.Tensor, states: int):
     if os.environ.get("GP_MEAN") == "1":
         mean = train.double().mean(dim=(0, 1))
         centred = (train.double() - mean).float()
-        return power_spectrum(centred), shell_correlation(centred, states), mean
-    return power_spectrum(train), shell_correlation(train, states), None
+        return power_spectrum(centred), time_correlation(centred, states), mean
+    return power_spectrum(train), time_correlation(train, states), None
 
 
 class WindowGP(nn.Module):
@@ -121,9 +99,7 @@ if __name__ == "__main__":
     for w in windows:
         t0 = time.time()
         eps = WindowGP(spectrum, rho, states, w, mean=mean)
-        torch.manual_seed(1)
-        x = VPSDE(eps, (states, 2, test.shape[-1], test.shape[-1])).sample(
-            (count,), steps=steps, corrections=0, progress=False).float()
+        x = sample_trajectories(eps, count, states, test.shape[-1], steps, corrections=0)
         torch.save(x, f"/tmp/sda_lowk/gp_w{w}_{steps}{'_mean' if mean is not None else ''}.pt")
         print(json.dumps(dict(model="window GP", mean=mean is not None, window=w, states=states, steps=steps, samples=count,
-                              **judge(x, e_data), seconds=round(time.time() - t0, 1))), flush=True)
+                              **judge_spectrum(x, e_data), seconds=round(time.time() - t0, 1))), flush=True)

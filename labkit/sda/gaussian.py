@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from labkit.sda.score import _check_schedule, _expand, _mu, _sigma, power_spectrum
+from labkit.sda.score import _call, _check_schedule, _expand, _mu, _sigma, power_spectrum
 
 
 def shell_index(height: int, width: int) -> torch.Tensor:
@@ -138,9 +138,8 @@ class Handoff(nn.Module):
     def forward(self, x: torch.Tensor, t, c=None) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
         above = t > self.t_switch
-        call = (lambda f, xx, tt: f(xx, tt)) if c is None else (lambda f, xx, tt: f(xx, tt, c))
         if bool(above.all()):
-            return call(self.high, x, t)
+            return _call(self.high, x, t, c)
         if not bool(above.any()):
-            return call(self.low, x, t)
-        return torch.where(_expand(above, x), call(self.high, x, t), call(self.low, x, t))
+            return _call(self.low, x, t, c)
+        return torch.where(_expand(above, x), _call(self.high, x, t, c), _call(self.low, x, t, c))
