@@ -79,21 +79,30 @@ _SIZES: dict[str, dict[str, dict]] = {
         # (the issue's target: <= 0.12), and the samples' worst E(k) ratio (k <= 16) was off by
         # 3.2x with one correction, 0.66 without. Fewer than 64 steps make the first predictor
         # step from t = 1 amplify the network's error more than 3x (mu(t - dt) / mu(1)).
+        # sample_handoff: above this t the sampler's eps is the whole-trajectory Gaussian process of
+        # the training data (labkit.sda.gaussian.Handoff), below it the network; None: the network
+        # alone (the original). The seed's 5-state windows cannot hold the flow's slow large
+        # scales, and the eps loss leaves the network untrained where the sampler forms them
+        # (bench/results/cpu/diag-sda-lowk.log): full trains with the v loss and the spectrum skip
+        # and hands off at t = 0.6 (bench/diagnostics/sda_handoff.py).
         "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16,
                       train_epochs=64, train_batch=4, hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1),
-                      train_windows=2, train_checkpoint_every=8, train_skip=True, train_skip_spectrum=False,
-                      train_loss="eps", train_ema=None, sample_steps=64, sample_corrections=0,
-                      sample_count=1, sample_length=16, assimilate_corrections=0, assimilate_gamma=1e-2),
+                      train_windows=2, train_checkpoint_every=8, train_skip=True, train_skip_spectrum=True,
+                      train_loss="v", train_ema=None, sample_steps=64, sample_corrections=0,
+                      sample_count=1, sample_length=16, sample_handoff=0.6, assimilate_corrections=0,
+                      assimilate_gamma=1e-2),
         "full": dict(trajectories=128, size=256, factor=4, spinup=64, length=64, batch=128,
                      train_epochs=50, train_batch=128, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3),
-                     train_windows=16, train_checkpoint_every=25, train_skip=True, train_skip_spectrum=False,
-                     train_loss="eps", train_ema=None, sample_steps=256, sample_corrections=0,
-                     sample_count=2, sample_length=64, assimilate_corrections=0, assimilate_gamma=1e-3),
+                     train_windows=16, train_checkpoint_every=25, train_skip=True, train_skip_spectrum=True,
+                     train_loss="v", train_ema=None, sample_steps=256, sample_corrections=0,
+                     sample_count=2, sample_length=64, sample_handoff=0.6, assimilate_corrections=0,
+                     assimilate_gamma=1e-3),
         "paper": dict(trajectories=1024, size=256, factor=4, spinup=64, length=64, batch=256,
                       train_epochs=4096, train_batch=32, hidden_channels=(96, 192, 384), hidden_blocks=(3, 3, 3),
                       train_windows=1, train_checkpoint_every=16, train_skip=False, train_skip_spectrum=False,
                       train_loss="eps", train_ema=None, sample_steps=256, sample_corrections=1,
-                      sample_count=8, sample_length=64, assimilate_corrections=1, assimilate_gamma=1e-2),
+                      sample_count=8, sample_length=64, sample_handoff=None, assimilate_corrections=1,
+                      assimilate_gamma=1e-2),
     },
     "htt": {
         # Chapter 5a (TT embeddings). Memory: the table measured live (vocab, width, tokens, ranks;

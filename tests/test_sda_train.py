@@ -188,7 +188,8 @@ def test_command_line(data, tmp_path, capsys):
     assert len(history) == 2 and "epoch 2/2: train loss" in capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "history.json").read_text())
     assert summary["config"]["hidden_blocks"] == [1, 1] and summary["config"]["epochs"] == 2
-    assert summary["config"]["loss"] == "eps" and summary["config"]["ema"] is None  # the quick profile's
+    config = summary["config"]  # the quick profile's recipe
+    assert config["loss"] == "v" and config["skip_spectrum"] and config["ema"] is None
     main(args[:3] + [str(tmp_path / "run_v")] + args[4:] + ["--skip", "--loss", "v", "--ema", "0.9"])
     summary = json.loads((tmp_path / "run_v" / "history.json").read_text())
     assert summary["config"]["loss"] == "v" and summary["config"]["ema"] == 0.9
@@ -216,3 +217,12 @@ def test_data_parallel_two_processes(data, tmp_path):
     assert a["world_size"] == 2 and len(a["rng"]) == 2 and a["epoch"] == 3
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_config_tag_changes_with_the_recipe_not_the_runtime():
+    from labkit.sda.train import config_tag
+    base = TrainConfig(epochs=2)
+    assert config_tag(base) == config_tag(TrainConfig(epochs=2))
+    assert config_tag(base) == config_tag(TrainConfig(epochs=2, channels_last=True, checkpoint_every=5))
+    assert config_tag(base) != config_tag(TrainConfig(epochs=2, skip=True, loss="v"))
+    assert len(config_tag(base)) == 8

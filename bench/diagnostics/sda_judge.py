@@ -53,11 +53,12 @@ def coarse_residual(score, test, steps: int, corrections: int, tau: float = 0.5,
 
 
 def coarse_assimilation(score, test, steps: int, corrections: int, tau: float = 0.5, device="cpu",
-                        gamma: float = 1e-2) -> dict:
+                        gamma: float = 1e-2, scenario: str = "coarse") -> dict:
     """:func:`coarse_residual` as ``residual``, with ``truth_error``: the posterior's RMS error against
     the true trajectory relative to the truth's RMS. A residual well under sigma_y fits the
-    observations' noise; the error against the truth tells whether the states got better for it."""
-    scenario = SCENARIOS["coarse"]
+    observations' noise; the error against the truth tells whether the states got better for it.
+    ``scenario`` names another of :data:`labkit.sda.assimilate.SCENARIOS`."""
+    scenario = SCENARIOS[scenario]
     truth = torch.as_tensor(test[1, :scenario.length]).to(device)
     y = observe(scenario, truth, torch.Generator().manual_seed(1))
     torch.manual_seed(0)

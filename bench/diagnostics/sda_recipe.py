@@ -7,7 +7,7 @@ k = 1..16, and the coarse scenario's SDA residual. A variant is LOSS[:EMA][@LR][
 and the network's term scaled mode by mode, ``TrainConfig.skip_modes``).
 Usage: python3 bench/diagnostics/sda_recipe.py eps v@8e-4   (SCALE_PROFILE / SCALE_DEVICE /
 SCALE_EPOCHS / SCALE_STEPS / SCALE_TRAJECTORIES shrink it for a CPU run; SCALE_CORRECTIONS=0,1
-samples each trained model once per number of Langevin corrections; SCALE_WINDOW sets the score's
+samples each trained model once per number of Langevin corrections, SCALE_CORRECTIONS= only trains; SCALE_WINDOW sets the score's
 window of states, 5 by default, and a run of another window is kept as /tmp/run_VARIANT_wN)
 """
 import json, os, sys, time
@@ -20,7 +20,8 @@ cfg = profile(os.environ.get("SCALE_PROFILE", "full")).sda
 dev = os.environ.get("SCALE_DEVICE", "cuda")
 epochs = int(os.environ.get("SCALE_EPOCHS", cfg.train_epochs))
 steps = int(os.environ.get("SCALE_STEPS", 256))
-corrections_list = [int(c) for c in os.environ.get("SCALE_CORRECTIONS", "1").split(",")]  # e.g. "0,1": sample each
+# e.g. "0,1": sample each trained model twice; "" (set but empty): train only
+corrections_list = [int(c) for c in os.environ.get("SCALE_CORRECTIONS", "1").split(",") if c]
 trajectories = int(os.environ.get("SCALE_TRAJECTORIES", cfg.trajectories))
 window = int(os.environ.get("SCALE_WINDOW", TrainConfig.window))
 spec = DatasetSpec(trajectories=trajectories, size=cfg.size, factor=cfg.factor, spinup=cfg.spinup,

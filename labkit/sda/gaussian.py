@@ -143,3 +143,17 @@ class Handoff(nn.Module):
         if not bool(above.any()):
             return _call(self.low, x, t, c)
         return torch.where(_expand(above, x), _call(self.high, x, t, c), _call(self.low, x, t, c))
+
+
+def with_handoff(score: nn.Module, trajectories: torch.Tensor, length: int, t_switch: float | None) -> nn.Module:
+    """The prior a sampler should use for trajectories of ``length`` states.
+
+    ``t_switch`` None: ``score`` itself (the original). Otherwise a :class:`Handoff` from the
+    :class:`SpaceTimeGaussian` of the training ``trajectories`` (N, T, C, H, W), on ``score``'s
+    device, to ``score`` below ``t_switch`` (the profile's ``sample_handoff``).
+    """
+    if t_switch is None:
+        return score
+    tensors = list(score.state_dict().values())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    return Handoff(SpaceTimeGaussian.fit(trajectories, length).to(device), score, t_switch)

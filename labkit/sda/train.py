@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -51,7 +52,7 @@ from labkit.sda.data import DatasetSpec, TrajectoryDataset
 from labkit.sda.nn import MCScoreNet, make_score, parameter_count
 from labkit.sda.score import ALPHAS, LOSS_WEIGHTINGS, VPSDE, GaussianSkip, power_spectrum
 
-__all__ = ["TrainConfig", "train", "build_score", "load_score", "main"]
+__all__ = ["TrainConfig", "train", "build_score", "config_tag", "load_score", "main"]
 
 SCHEDULES = ("linear", "constant")
 AMPS = ("auto", "bf16", "none")
@@ -156,6 +157,13 @@ class TrainConfig:
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float))
                                                and math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip must be None or a positive number, got {self.grad_clip!r}")
+
+
+def config_tag(config: TrainConfig) -> str:
+    """8 hex digits that change with every setting a checkpoint depends on (not the runtime ones):
+    a run folder named with it is never asked to resume another recipe's checkpoint."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def build_score(config: TrainConfig, size: int = 64) -> MCScoreNet:
@@ -464,7 +472,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "default: the profile's, on for quick and full)")
     parser.add_argument("--skip-spectrum", action="store_true",
                         help="the skip's Gaussian term with the training data's power spectrum (needs --skip "
-                             "or a profile with it)")
+                             "or a profile with it; default: the profile's, on for quick and full)")
     parser.add_argument("--skip-modes", action="store_true",
                         help="scale the network's term mode by mode with the data's spectrum (needs --skip-spectrum)")
     parser.add_argument("--loss", choices=LOSS_WEIGHTINGS, default=None,
@@ -491,7 +499,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          channels_last=args.channels_last, compile=args.compile,
                          windows_per_trajectory=args.windows_per_trajectory or sizes.train_windows,
                          checkpoint_every=args.checkpoint_every or sizes.train_checkpoint_every,
-                         skip=args.skip or sizes.train_skip, skip_spectrum=args.skip_spectrum,
+                         skip=args.skip or sizes.train_skip,
+                         skip_spectrum=args.skip_spectrum or sizes.train_skip_spectrum,
                          skip_modes=args.skip_modes, loss=args.loss or sizes.train_loss,
                          ema=args.ema if args.ema is not None else sizes.train_ema)
     with closing_process_group():
