@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from labkit.sda.gaussian import Handoff, SpaceTimeGaussian, shell_index, time_correlation
+from labkit.sda.gaussian import Handoff, SpaceTimeGaussian, shell_index, time_correlation, with_handoff
 from labkit.sda.score import VPSDE, GaussianSkip, _mu, _sigma, power_spectrum
 
 
@@ -90,3 +90,15 @@ def test_handoff_switches_per_batch_element():
     assert handoff(x, torch.tensor([0.9, 0.1, 0.61]))[:, 0].tolist() == [1, -1, 1]
     with pytest.raises(ValueError, match="t_switch"):
         Handoff(high, low, 1.5)
+
+
+def test_with_handoff_builds_the_profiles_prior():
+    network = torch.nn.Linear(1, 1).double()  # stands in for the score network: only its device is read
+    trajectories = _trajectories(length=6)
+    assert with_handoff(network, trajectories, 4, None) is network  # the original's sampler
+    prior = with_handoff(network, trajectories, 4, 0.6)
+    assert isinstance(prior, Handoff) and prior.low is network and prior.t_switch == 0.6
+    assert isinstance(prior.high, SpaceTimeGaussian) and prior.high.length == 4
+    x = torch.randn(2, 4, 2, 8, 8)
+    expected = SpaceTimeGaussian.fit(trajectories, 4)(x, torch.tensor(0.9))
+    torch.testing.assert_close(prior(x, torch.tensor(0.9)), expected)
