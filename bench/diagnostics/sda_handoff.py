@@ -8,10 +8,11 @@ E(k) ratio k = 1..16), and the coarse scenario's SDA residual and error against 
 guidance GAMMA (the process fitted again for the scenario's 29 states), and the same for the
 saturating scenario (8 states; its sigma_y is 0.05).
 
-    python3 bench/diagnostics/sda_handoff.py RUN_DIR DATA_DIR COUNT STATES STEPS GAMMA T_SWITCH[:CORRECTIONS][,...]
+    python3 bench/diagnostics/sda_handoff.py RUN_DIR DATA_DIR COUNT STATES STEPS GAMMA T_SWITCH[:CORRECTIONS[:ANCESTRAL]][,...]
 e.g. python3 sda_handoff.py /tmp/run_v@1e-3+spec /tmp/kf_64_48 12 16 64 1e-3 1.0,0.6
 (SWEEP_SPECTRA_ONLY=1 skips the assimilation; T_SWITCH:1 samples with one Langevin correction per step,
-tau 0.5, the unconditional trajectories only)
+tau 0.5, T_SWITCH:0:1 samples ancestrally (VPSDE.sample's ``ancestral``); both for the unconditional
+trajectories only)
 """
 import json
 import os
@@ -29,7 +30,7 @@ from sda_judge import coarse_assimilation, held_out, spectrum_ratio
 
 run, folder = sys.argv[1], sys.argv[2]
 count, states, steps, gamma = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-switches = [(float(s.partition(":")[0]), int(s.partition(":")[2] or 0)) for s in sys.argv[7].split(",")]
+switches = [[float(x) for x in (s.split(":") + ["0", "0"])[:3]] for s in sys.argv[7].split(",")]
 device = "cuda" if torch.cuda.is_available() else "cpu"
 test, _, e_data = held_out(folder)
 train = torch.as_tensor(np.asarray(read_split(f"{folder}/train.h5")[0]))
@@ -37,12 +38,14 @@ score, _ = load_score(run, device=device)
 score.eval()
 lengths = {states, SCENARIOS["coarse"].length, SCENARIOS["saturating"].length}
 processes = {n: SpaceTimeGaussian.fit(train, n).to(device) for n in lengths}
-for t_switch, corrections in switches:
+for t_switch, corrections, ancestral in switches:
+    corrections = int(corrections)
     t0 = time.time()
     unconditional = Handoff(processes[states], score, t_switch)
-    judged = spectrum_ratio(unconditional, e_data, count, states, test.shape[-1], steps, corrections, device=device)
-    out = dict(run=run, t_switch=t_switch, corrections=corrections, steps=steps, samples=count, states=states,
-               **judged)
+    judged = spectrum_ratio(unconditional, e_data, count, states, test.shape[-1], steps, corrections,
+                            ancestral=ancestral, device=device)
+    out = dict(run=run, t_switch=t_switch, corrections=corrections, ancestral=ancestral, steps=steps, samples=count,
+               states=states, **judged)
     if os.environ.get("SWEEP_SPECTRA_ONLY") != "1":
         out.update(gamma=gamma)
         for name in ("coarse", "saturating"):
