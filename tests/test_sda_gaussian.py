@@ -102,3 +102,17 @@ def test_with_handoff_builds_the_profiles_prior():
     x = torch.randn(2, 4, 2, 8, 8)
     expected = SpaceTimeGaussian.fit(trajectories, 4)(x, torch.tensor(0.9))
     torch.testing.assert_close(prior(x, torch.tensor(0.9)), expected)
+
+
+def test_time_correlation_matches_the_direct_sum_over_start_states():
+    x = _trajectories(n=3, length=7, size=6)
+    x = x - x.mean(dim=(0, 1))
+    modes = torch.fft.rfft2(x.double(), norm="ortho")
+    weight = torch.full((6, 4), 2.0, dtype=torch.float64)
+    weight[:, 0] = weight[:, -1] = 1.0  # the halved rfft2 columns count twice, the real ones once
+    shell = shell_index(6, 6).flatten()
+    direct = torch.zeros(int(shell.max()) + 1, 5, dtype=torch.float64)
+    for lag in range(5):
+        pairs = (modes[:, lag:] * modes[:, :7 - lag].conj()).real.mean(dim=(0, 1, 2)) * weight
+        direct[:, lag].index_add_(0, shell, pairs.flatten())
+    torch.testing.assert_close(time_correlation(x, 5), direct / direct[:, :1])
