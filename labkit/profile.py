@@ -87,8 +87,9 @@ _SIZES: dict[str, dict[str, dict]] = {
         # and hands off at t = 0.4 (bench/diagnostics/sda_handoff.py). On an H100 with full's recipe
         # (diag-sda-handoff.log) a switch at 0.6 brought k = 1 from 0.63 to 0.96 of the data's
         # energy but left k = 4..8 at 0.69-0.75; on the CPU proxy 0.4 instead of 0.6 lifted k = 5..8
-        # from 0.78-0.83 to 0.88-0.91 (worst deviation 0.21 against 0.22). full samples 4 trajectories rather than 2:
-        # the k = 1 energy of a few strongly correlated states is itself a noisy estimate.
+        # from 0.78-0.83 to 0.88-0.91 (worst deviation 0.21 against 0.22). full samples 4
+        # trajectories rather than 2: the k = 1 energy of a few strongly correlated states is itself
+        # a noisy estimate.
         "quick": dict(trajectories=16, size=64, factor=1, spinup=32, length=32, batch=16,
                       train_epochs=64, train_batch=4, hidden_channels=(16, 32, 64), hidden_blocks=(1, 1, 1),
                       train_windows=2, train_checkpoint_every=8, train_skip=True, train_skip_spectrum=True,
