@@ -95,13 +95,19 @@ def test_handoff_switches_per_batch_element():
 def test_with_handoff_builds_the_profiles_prior():
     network = torch.nn.Linear(1, 1).double()  # stands in for the score network: only its device is read
     trajectories = _trajectories(length=6)
-    assert with_handoff(network, trajectories, 4, None) is network  # the original's sampler
-    prior = with_handoff(network, trajectories, 4, 0.6)
+    gaussian = SpaceTimeGaussian.fit(trajectories, 6)  # fitted once, for the longest trajectory
+    assert with_handoff(network, None, 4, None) is network  # the original's sampler
+    prior = with_handoff(network, gaussian, 4, 0.6)
     assert isinstance(prior, Handoff) and prior.low is network and prior.t_switch == 0.6
     assert isinstance(prior.high, SpaceTimeGaussian) and prior.high.length == 4
+    assert with_handoff(network, gaussian, 6, 0.6).high is gaussian
     x = torch.randn(2, 4, 2, 8, 8)
-    expected = SpaceTimeGaussian.fit(trajectories, 4)(x, torch.tensor(0.9))
+    expected = SpaceTimeGaussian.fit(trajectories, 4)(x, torch.tensor(0.9))  # fitted for 4 states directly
     torch.testing.assert_close(prior(x, torch.tensor(0.9)), expected)
+    with pytest.raises(ValueError, match="needs gaussian"):
+        with_handoff(network, None, 4, 0.6)
+    with pytest.raises(ValueError, match="lags >= length"):
+        gaussian.with_length(7)
 
 
 def test_time_correlation_matches_the_direct_sum_over_start_states():

@@ -5,7 +5,7 @@ trajectories (:class:`labkit.sda.gaussian.SpaceTimeGaussian`: their mean field, 
 and time correlation), below it the run's network. Per T_SWITCH (1 = the network alone):
 unconditional trajectories judged as sda_judge.spectrum_ratio does (seed 1, no corrector: std and
 E(k) ratio k = 1..16), and the coarse scenario's SDA residual and error against the truth at
-guidance GAMMA (the process fitted again for the scenario's 29 states), and the same for the
+guidance GAMMA (the same process cut to the scenario's 29 states), and the same for the
 saturating scenario (8 states; its sigma_y is 0.05).
 
     python3 bench/diagnostics/sda_handoff.py RUN_DIR DATA_DIR COUNT STATES STEPS GAMMA T_SWITCH[:CORRECTIONS[:ANCESTRAL]][,...]
@@ -26,7 +26,7 @@ from labkit.sda.assimilate import SCENARIOS
 from labkit.sda.data import read_split
 from labkit.sda.gaussian import Handoff, SpaceTimeGaussian
 from labkit.sda.train import load_score
-from sda_judge import coarse_assimilation, held_out, spectrum_ratio
+from sda_judge import assimilation_scores, held_out, spectrum_ratio
 
 run, folder = sys.argv[1], sys.argv[2]
 count, states, steps, gamma = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
@@ -36,8 +36,9 @@ test, _, e_data = held_out(folder)
 train = torch.as_tensor(np.asarray(read_split(f"{folder}/train.h5")[0]))
 score, _ = load_score(run, device=device)
 score.eval()
-lengths = {states, SCENARIOS["coarse"].length, SCENARIOS["saturating"].length}
-processes = {n: SpaceTimeGaussian.fit(train, n).to(device) for n in lengths}
+lengths = (states, *(s.length for s in SCENARIOS.values()))
+gaussian = SpaceTimeGaussian.fit(train, max(lengths))  # the moments once, for the longest trajectory
+processes = {n: gaussian.with_length(n).to(device) for n in lengths}
 for t_switch, corrections, ancestral in switches:
     corrections = int(corrections)
     t0 = time.time()
@@ -50,6 +51,6 @@ for t_switch, corrections, ancestral in switches:
         out.update(gamma=gamma)
         for name in ("coarse", "saturating"):
             guided = Handoff(processes[SCENARIOS[name].length], score, t_switch)
-            sda = coarse_assimilation(guided, test, steps, 0, device=device, gamma=gamma, scenario=name)
+            sda = assimilation_scores(guided, test, steps, 0, device=device, gamma=gamma, scenario=name)
             out.update({f"{name}_sda_residual": sda["residual"], f"{name}_truth_error": sda["truth_error"]})
     print(json.dumps(dict(out, seconds=round(time.time() - t0, 1))), flush=True)

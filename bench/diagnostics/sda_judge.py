@@ -1,11 +1,12 @@
-"""What the issue-6 diagnostics measure, in one place (imported by sda_recipe.py, sda_resample.py
-and sda_sampler_sweep.py, which run from this folder).
+"""What the issue-6 diagnostics measure, in one place (imported by sda_recipe.py, sda_resample.py,
+sda_sampler_sweep.py, sda_handoff.py and the sda_lowk_*.py scripts, which run from this folder).
 
 * :func:`spectrum_ratio`: unconditional trajectories sampled with seed 1, their std and the
   ratio of their energy spectrum to the held-out data's at k = 1..16 (issue target: within 25%);
 * :func:`coarse_residual`: the coarse scenario's SDA posterior (observations of held-out
   trajectory 1 with seed 1, sampling with seed 0) and its residual std relative to sigma_y
-  (issue target: <= 0.12), for a given guidance ``gamma``.
+  (issue target: <= 0.12), for a given guidance ``gamma``; :func:`assimilation_scores` the same
+  for any scenario, with the posterior's error against the truth.
 """
 import numpy as np
 import torch
@@ -49,15 +50,17 @@ def coarse_residual(score, test, steps: int, corrections: int, tau: float = 0.5,
                     gamma: float = 1e-2) -> float:
     """The coarse scenario's SDA residual std (sigma_y = 0.1; target <= 0.12) on held-out trajectory 1;
     ``gamma`` is the guidance's variance term (:class:`labkit.sda.score.GaussianScore`)."""
-    return coarse_assimilation(score, test, steps, corrections, tau, device, gamma)["residual"]
+    return assimilation_scores(score, test, steps, corrections, tau, device, gamma)["residual"]
 
 
-def coarse_assimilation(score, test, steps: int, corrections: int, tau: float = 0.5, device="cpu",
+def assimilation_scores(score, test, steps: int, corrections: int, tau: float = 0.5, device="cpu",
                         gamma: float = 1e-2, scenario: str = "coarse") -> dict:
-    """:func:`coarse_residual` as ``residual``, with ``truth_error``: the posterior's RMS error against
-    the true trajectory relative to the truth's RMS. A residual well under sigma_y fits the
-    observations' noise; the error against the truth tells whether the states got better for it.
-    ``scenario`` names another of :data:`labkit.sda.assimilate.SCENARIOS`."""
+    """One SDA posterior of held-out trajectory 1 in ``scenario`` (a key of
+    :data:`labkit.sda.assimilate.SCENARIOS`): ``residual``, the std of A(x) - y (what
+    :func:`coarse_residual` returns for the coarse scenario), and ``truth_error``, the posterior's
+    RMS error against the true trajectory relative to the truth's RMS. A residual well under
+    sigma_y fits the observations' noise; the error against the truth tells whether the states
+    got better for it."""
     scenario = SCENARIOS[scenario]
     truth = torch.as_tensor(test[1, :scenario.length]).to(device)
     y = observe(scenario, truth, torch.Generator().manual_seed(1))

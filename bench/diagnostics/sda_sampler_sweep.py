@@ -15,7 +15,7 @@ import time
 import torch
 
 from labkit.sda.train import load_score
-from sda_judge import coarse_assimilation, held_out, spectrum_ratio
+from sda_judge import assimilation_scores, held_out, spectrum_ratio
 
 run, folder, count, states = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,6 +28,6 @@ for setting in sys.argv[5:]:
     t0 = time.time()
     judged = {} if os.environ.get("SWEEP_SDA_ONLY") == "1" else spectrum_ratio(
         score, e_data, count, states, test.shape[-1], steps, corrections, tau, device=device)
-    sda = coarse_assimilation(score, test, steps, corrections, tau, device, gamma)
+    sda = assimilation_scores(score, test, steps, corrections, tau, device, gamma)
     print(json.dumps(dict(run=run, steps=steps, corrections=corrections, tau=tau, gamma=gamma, **judged,
                           coarse_sda_residual=sda["residual"], truth_error=sda["truth_error"], seconds=round(time.time() - t0, 1))), flush=True)

@@ -309,13 +309,15 @@ def plot_sweeps(results: dict, path=None):
         axes[0, col].set_title(f"time vs {sweep} ({', '.join(dtypes)})")
         axes[1, col].set_title(f"peak memory vs {sweep}")
         axes[1, col].set_xlabel(key)
+        doubling = sweep in ("batch", "width")  # sizes that double: a log axis spaces them evenly
+        sizes_swept = sorted({r[key] for r in points}) if doubling else []
         for ax in axes[:, col]:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
-            if sweep in ("batch", "width"):  # sizes that double: a log axis spaces them evenly
+            if doubling:
                 ax.set_xscale("log", base=2)
-                ax.set_xticks(sorted({r[key] for r in points}), [str(v) for v in sorted({r[key] for r in points})])
+                ax.set_xticks(sizes_swept, [str(v) for v in sizes_swept])
                 ax.xaxis.set_minor_formatter(plt.NullFormatter())
     axes[0, 0].set_ylabel("ms, forward + backward")
     axes[1, 0].set_ylabel("extra MiB at peak")

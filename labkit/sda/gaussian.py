@@ -69,7 +69,8 @@ class SpaceTimeGaussian(nn.Module):
     the mean-removed states (:func:`~labkit.sda.score.power_spectrum`); ``correlation``
     (shells, >= length): :func:`time_correlation`. :meth:`fit` estimates all three from training
     trajectories. Inputs are trajectories (B, L, C, H, W) with ``L = length``, as
-    :class:`~labkit.sda.score.VPSDE` samples them. A Toeplitz matrix estimated from data need not
+    :class:`~labkit.sda.score.VPSDE` samples them; :meth:`with_length` gives the same process for
+    a shorter trajectory without fitting again. A Toeplitz matrix estimated from data need not
     be positive semi-definite: its negative eigenvalues are set to 0.
     """
 
@@ -92,8 +93,16 @@ class SpaceTimeGaussian(nn.Module):
         lam, vectors = torch.linalg.eigh(toeplitz)
         self.register_buffer("mean", mean.float())
         self.register_buffer("spectrum", spectrum.float())
+        self.register_buffer("correlation", correlation.double())  # (shells, lags): for with_length
         self.register_buffer("vectors", vectors.float())  # (H, W2, L, L), columns are eigenvectors
         self.register_buffer("eigenvalues", lam.clamp(min=0).float())  # (H, W2, L)
+
+    def with_length(self, length: int) -> "SpaceTimeGaussian":
+        """The same process (same moments, schedule and device) for trajectories of ``length`` states;
+        ``length`` at most the lags it was fitted with."""
+        if length == self.length:
+            return self
+        return SpaceTimeGaussian(self.mean, self.spectrum, self.correlation, length, self.alpha, self.eta)
 
     @classmethod
     def fit(cls, trajectories: torch.Tensor, length: int, alpha: str = "cos", eta: float = 1e-3) -> "SpaceTimeGaussian":
@@ -150,15 +159,19 @@ class Handoff(nn.Module):
         return torch.where(_expand(above, x), _call(self.high, x, t, c), _call(self.low, x, t, c))
 
 
-def with_handoff(score: nn.Module, trajectories: torch.Tensor, length: int, t_switch: float | None) -> nn.Module:
+def with_handoff(score: nn.Module, gaussian: SpaceTimeGaussian | None, length: int,
+                 t_switch: float | None) -> nn.Module:
     """The prior a sampler should use for trajectories of ``length`` states.
 
-    ``t_switch`` None: ``score`` itself (the original). Otherwise a :class:`Handoff` from the
-    :class:`SpaceTimeGaussian` of the training ``trajectories`` (N, T, C, H, W), on ``score``'s
+    ``t_switch`` None: ``score`` itself (the original). Otherwise a :class:`Handoff` from
+    ``gaussian`` (fitted once to the training trajectories, for the longest ``length`` a run
+    samples: :meth:`SpaceTimeGaussian.fit`), cut to ``length`` states and moved to ``score``'s
     device, to ``score`` below ``t_switch`` (the profile's ``sample_handoff``).
     """
     if t_switch is None:
         return score
+    if gaussian is None:
+        raise ValueError("a hand-off needs gaussian: SpaceTimeGaussian.fit(training trajectories, length)")
     tensors = list(score.state_dict().values())
     device = tensors[0].device if tensors else torch.device("cpu")
-    return Handoff(SpaceTimeGaussian.fit(trajectories, length).to(device), score, t_switch)
+    return Handoff(gaussian.with_length(length).to(device), score, t_switch)

@@ -60,7 +60,7 @@ from labkit.data import default_root
 from labkit.sda import KolmogorovFlow, plots, stats
 from labkit.sda.assimilate import SCENARIOS, assimilate, observe, residual_std
 from labkit.sda.data import DatasetSpec, generate, read_split
-from labkit.sda.gaussian import with_handoff
+from labkit.sda.gaussian import SpaceTimeGaussian, with_handoff
 from labkit.sda.nn import make_score, parameter_count
 from labkit.sda.score import SEED_TABLE, VPSDE, schedule_table
 from labkit.sda.train import TrainConfig, config_tag, load_score, train
@@ -293,13 +293,17 @@ assert history[-1]["valid_loss"] < (0.5 if P.name == "full" else 0.8) * history[
 score, _ = load_score(run_dir, device=device)
 score.eval()
 samplers = {"network alone (the original's sampler)": score}
+gaussian = None
 if cfg.sample_handoff is not None:
-    samplers[f"hand-off at t = {cfg.sample_handoff}"] = with_handoff(score, torch.as_tensor(train_x),
-                                                                     cfg.sample_length, cfg.sample_handoff)
-if cfg.sample_handoff is not None:
-    mu_switch = VPSDE(score, ()).mu(torch.tensor(cfg.sample_handoff)).item()
+    # fitted once, for the longest trajectory sampled here (the scenarios below reuse it)
+    longest = max(cfg.sample_length, *(s.length for s in SCENARIOS.values()))
+    gaussian = SpaceTimeGaussian.fit(torch.as_tensor(train_x), longest)
+    samplers[f"hand-off at t = {cfg.sample_handoff}"] = with_handoff(score, gaussian, cfg.sample_length,
+                                                                     cfg.sample_handoff)
+    t_switch, schedule = torch.tensor(cfg.sample_handoff), VPSDE(score, ())
+    mu_switch, sigma_switch = schedule.mu(t_switch).item(), schedule.sigma(t_switch).item()
     print(f"hand-off at t = {cfg.sample_handoff}: mu = {mu_switch:.2f}, signal-to-noise mu^2/sigma^2 = "
-          f"{mu_switch**2 / (1 - mu_switch**2 + 1e-6):.2f}")
+          f"{(mu_switch / sigma_switch)**2:.2f}")
 sampled = {}
 for name, eps in samplers.items():
     prior = VPSDE(eps, (cfg.sample_length, 2, 64, 64)).to(device)
@@ -372,7 +376,7 @@ if P.name == "full":
 # %%
 results = {}
 posteriors = {}
-priors = {name: with_handoff(score, torch.as_tensor(train_x), SCENARIOS[name].length, cfg.sample_handoff)
+priors = {name: with_handoff(score, gaussian, SCENARIOS[name].length, cfg.sample_handoff)
           for name in ("coarse", "saturating")}
 for name, index in (("coarse", 1), ("saturating", 2)):
     scenario = SCENARIOS[name]
