@@ -162,6 +162,35 @@ def read_notebook(text: str):
 # ----------------------------------------------------------------------------- execution
 
 
+READ_SLICE_S = 1.0
+
+
+def read_in_slices(kernel_client, slice_s: float = READ_SLICE_S) -> None:
+    """Make the client's shell and IOPub reads wait in polls of at most ``slice_s`` seconds.
+
+    pyzmq's asyncio poll can miss the wake-up of a message that has arrived; it then finds the
+    message only when its timeout fires (nbclient issue #312, seen after cells that open widgets).
+    nbclient waits for a cell's reply in one poll of the whole cell timeout, so one missed wake-up
+    cost chapter 4b 400 s on an H100 machine after an ipywidgets cell that ran in 0.3 s (the
+    kernel's own timestamps: idle at 14:51:56, next cell sent at 14:58:36). Polling again every
+    ``slice_s`` bounds such a loss at ``slice_s``; the overall timeout is unchanged.
+    """
+    from queue import Empty
+
+    for channel in (kernel_client.shell_channel, kernel_client.iopub_channel):
+        async def get_msg(timeout=None, _read=channel.get_msg):  # _read: this channel's own reader
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                try:
+                    return await _read(timeout=slice_s if left is None else max(0.0, min(slice_s, left)))
+                except Empty:
+                    if left is not None and left <= slice_s:
+                        raise
+
+        channel.get_msg = get_msg
+
+
 def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "python3") -> Path:
     """Execute one ``.py`` notebook in ``profile`` and write its paired ``.ipynb`` with the outputs."""
     import jupytext
@@ -187,7 +216,7 @@ def execute(py_path: Path, profile: str, timeout: int = 600, kernel: str = "pyth
 
     client = NotebookClient(
         nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(py_path.parent)}},
-        on_cell_start=progress,
+        on_cell_start=progress, on_notebook_start=lambda **_: read_in_slices(client.kc),
     )
     # A run stopped from outside (Ctrl-C, or `timeout` sending SIGTERM) also keeps what it ran.
     try:

@@ -87,3 +87,76 @@ def test_execute_keeps_the_cells_that_ran_when_stopped(tmp_path):
     texts = ["".join(o.get("text", "")) for c in failed["cells"] for o in c.get("outputs", [])]
     assert "first cell ran\n" in texts
     assert not (tmp_path / "slow.ipynb").exists()
+
+
+class _MissedWakeUp:
+    """A channel whose poll notices a message only when the poll's own timeout fires, the way
+    pyzmq's asyncio poll behaves after a missed wake-up; the message arrives ``arrival`` s in."""
+
+    def __init__(self, arrival):
+        self.arrival, self.polls = arrival, []
+
+    async def get_msg(self, timeout=None):
+        import asyncio
+        import time
+        from queue import Empty
+
+        self.polls.append(timeout)
+        if timeout is None:
+            await asyncio.Event().wait()  # never woken
+        await asyncio.sleep(timeout)
+        if time.monotonic() >= self.arrival:
+            return {"msg": "reply"}
+        raise Empty
+
+
+def test_read_in_slices_bounds_a_missed_wake_up():
+    import asyncio
+    import time
+    from queue import Empty
+    from types import SimpleNamespace
+
+    from labkit.book import read_in_slices
+
+    async def timed(channel, timeout):
+        start = time.monotonic()
+        try:
+            result = await channel.get_msg(timeout=timeout)
+        except Empty:
+            result = "empty"
+        return result, time.monotonic() - start
+
+    now = time.monotonic()
+    shell, iopub = _MissedWakeUp(now + 0.2), _MissedWakeUp(now + 0.2)
+    read_in_slices(SimpleNamespace(shell_channel=shell, iopub_channel=iopub), slice_s=0.05)
+    reply, seconds = asyncio.run(timed(shell, 30.0))  # unsliced: 30 s
+    assert reply == {"msg": "reply"} and seconds < 1.0, seconds
+    assert max(shell.polls) <= 0.05
+    reply, seconds = asyncio.run(timed(iopub, None))  # unsliced: never
+    assert reply == {"msg": "reply"} and seconds < 1.0, seconds
+    never = _MissedWakeUp(float("inf"))
+    read_in_slices(SimpleNamespace(shell_channel=never, iopub_channel=_MissedWakeUp(0)), slice_s=0.05)
+    reply, seconds = asyncio.run(timed(never, 0.3))  # the overall timeout still holds
+    assert reply == "empty" and 0.25 < seconds < 1.0, seconds
+
+
+def test_execute_runs_a_widget_cell_without_stalling(tmp_path):
+    """An ipywidgets cell (the pattern of chapters 1, 3 and 4b) executes and stores its figure in
+    the widget state, and the next cell starts promptly."""
+    import json
+
+    page = tmp_path / "widget.py"
+    page.write_text(
+        "# %%\nimport ipywidgets as widgets\nimport matplotlib.pyplot as plt\n\n\n"
+        "def show(n=3):\n    plt.plot(range(n))\n    plt.show()\n\n\n"
+        "widgets.interact(show, n=widgets.IntSlider(3, 1, 9));\n\n"
+        "# %%\nprint('after the widget')\n")
+    out = subprocess.run([sys.executable, "-m", "labkit.book", "execute", "--profile", "quick", "--timeout", "60",
+                          str(page)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    nb = json.loads((tmp_path / "widget.ipynb").read_text())
+    state = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    outputs = [o for w in state.values() if w["model_name"] == "OutputModel" for o in w["state"]["outputs"]]
+    assert any("image/png" in o.get("data", {}) for o in outputs), outputs
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "after the widget" in "".join(cells[1]["outputs"][0]["text"])

@@ -700,7 +700,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
     """
     if interpret_mode():
         return "interpreter"
-    if dtype == torch.float32 and cublas_allows_tf32():
+    if dtype != torch.float32:
+        return "ieee"  # tl.dot's input_precision only applies to fp32 operands; one name, one compiled variant
+    if cublas_allows_tf32():
         return "tf32"
     exact = os.environ.get("LABKIT_KAN_FP32_DOT", "tf32x3")
     if exact not in ("ieee", "tf32x3"):

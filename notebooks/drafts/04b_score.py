@@ -345,10 +345,6 @@ for key in ("std_u", "std_v", "kinetic_energy", "jet_amplitude", "vorticity_std"
     if key in ours and key in data_stats:
         print(f"{key:14s} {ours[key]:8.3f} {data_stats[key]:8.3f}")
 
-# %% tags=["remove-cell"]
-if P.name == "full":
-    assert worst <= 0.25, worst_by
-
 # %% [markdown]
 # ## Data assimilation
 #
@@ -412,9 +408,11 @@ fig = plots.vorticity_grid(
     [f"state {i}" for i in shown], vmax=2.0)
 
 # %% tags=["remove-cell"]
+# The chapter's targets, checked after both sections ran so that a miss still leaves every output.
 if P.name == "full":
     for name in ("coarse", "saturating"):
         assert results[name, "sda"] <= 1.2 * SCENARIOS[name].std, results
+    assert worst <= 0.25, worst_by
 
 # %% [markdown]
 # (The observed row is the vorticity of the $8\times8$ averages, divided by 8 to put it in the fine
