@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 
-from labkit.sda.score import VPSDE, DPSGaussianScore, GaussianScore, coarse_observation, saturating_vorticity
+from labkit.sda.score import (VPSDE, DPSGaussianScore, GaussianScore, _device_of, coarse_observation,
+                              saturating_vorticity)
 
 __all__ = ["Scenario", "SCENARIOS", "observe", "assimilate", "residual_std"]
 
@@ -75,11 +76,10 @@ def assimilate(score: torch.nn.Module, y: torch.Tensor, scenario: Scenario, meth
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    tensors = list(score.state_dict().values())
-    if not tensors:
+    device = _device_of(score)
+    if device is None:
         raise ValueError("score has no parameters or buffers to tell its device; pass the trained network "
                          "(e.g. from labkit.sda.train.load_score)")
-    device = tensors[0].device
     if y.device != device:
         raise ValueError(f"y is on {y.device} but the score network on {device}; move one of them")
     prior = VPSDE(score, shape=()).to(device)  # supplies mu, sigma and the prior eps

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from labkit.sda.score import _call, _check_schedule, _expand, _mu, _sigma, power_spectrum
+from labkit.sda.score import _call, _check_schedule, _device_of, _expand, _mu, _sigma, power_spectrum
 
 
 def shell_index(height: int, width: int) -> torch.Tensor:
@@ -172,6 +172,4 @@ def with_handoff(score: nn.Module, gaussian: SpaceTimeGaussian | None, length: i
         return score
     if gaussian is None:
         raise ValueError("a hand-off needs gaussian: SpaceTimeGaussian.fit(training trajectories, length)")
-    tensors = list(score.state_dict().values())
-    device = tensors[0].device if tensors else torch.device("cpu")
-    return Handoff(gaussian.with_length(length).to(device), score, t_switch)
+    return Handoff(gaussian.with_length(length).to(_device_of(score) or "cpu"), score, t_switch)

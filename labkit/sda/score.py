@@ -103,6 +103,12 @@ def _call(eps: Callable, x: torch.Tensor, t: torch.Tensor, c=None) -> torch.Tens
 LOSS_WEIGHTINGS = ("eps", "v")
 
 
+def _device_of(module: nn.Module) -> torch.device | None:
+    """The device of ``module``'s first parameter or buffer; None if it has neither."""
+    tensors = list(module.state_dict().values())
+    return tensors[0].device if tensors else None
+
+
 def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Append singleton axes to t so that it broadcasts against x along x's leading axes."""
     return t.reshape(t.shape + (1,) * (x.dim() - t.dim()))

@@ -356,7 +356,7 @@ for key in ("std_u", "std_v", "kinetic_energy", "jet_amplitude", "vorticity_std"
 # The $\gamma$ term is what keeps the guidance stable early on, when $\mu \approx 10^{-3}$
 # magnifies the network's errors a thousandfold. The baseline, DPS, uses a normalised gradient of
 # $\|y - A(\hat x)\|^2$ instead and ignores $\sigma_y$. Both guide the same prior, the
-# profile's sampler from above (the hand-off, refitted for each scenario's number of states).
+# profile's sampler from above (the hand-off, its fitted process cut to each scenario's number of states).
 #
 # In full-scale runs of this recipe on an H100 the guidance's $\gamma$ mattered more than anything
 # else: with the original's loss, the coarse residual was 0.17 at $\gamma = 10^{-2}$ with one
