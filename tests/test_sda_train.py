@@ -43,6 +43,23 @@ def test_config_validation():
             TrainConfig(**kwargs)
 
 
+def test_validation_takes_windows_per_trajectory_windows(data, tmp_path, monkeypatch):
+    # One window per validation trajectory left the curve's level to a handful of draws of t.
+    import labkit.sda.train as training
+
+    seen = []
+    original = training._validate
+
+    def spy(sde, model, x_all, *args):
+        seen.append(x_all.clone())
+        return original(sde, model, x_all, *args)
+
+    monkeypatch.setattr(training, "_validate", spy)
+    train(TrainConfig(epochs=2, windows_per_trajectory=3, **TINY), data, tmp_path, device="cpu", progress=False)
+    assert [len(x) for x in seen] == [3, 3]  # 1 validation trajectory x 3 windows, every epoch
+    assert torch.equal(seen[0], seen[1])  # the same windows every epoch
+
+
 def test_learning_rate_schedule():
     linear = LearningRateFactor("linear", 100)
     assert [linear(s) for s in (0, 50, 100, 150)] == [1.0, 0.5, 0.0, 0.0]

@@ -17,7 +17,10 @@ weights, the training noise (t and eps, the global RNG), the window positions (a
 validation draws. The sample order of epoch ``e`` is a function of (seed, e) (a
 ``DistributedSampler``). With the random states in the checkpoint, a resumed run is bitwise
 identical to an uninterrupted one on the CPU. The validation loss uses the same windows and the
-same noise every epoch, so its curve is not blurred by fresh draws.
+same noise every epoch, so its curve is not blurred by fresh draws; it takes as many windows of
+each validation trajectory as training does (``windows_per_trajectory``), because the loss of
+one window depends strongly on its draw of t, and one window per trajectory (13 in the full
+profile) left the level of the curve to a few draws.
 
 Data-parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its own share of
 each batch (``batch_size`` is the global batch and must be divisible by the number of processes),
@@ -281,7 +284,8 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
                                   generator=torch.Generator().manual_seed(
                                       stream_seed(config.seed, STREAMS, "valid-windows")))
     # The same validation windows for every epoch and process; each process scores its share (maybe none).
-    valid_x = torch.stack([valid_set[i] for i in range(len(valid_set))])[rank::world]
+    valid_x = torch.stack([valid_set[i % len(valid_set)]
+                           for i in range(len(valid_set) * config.windows_per_trajectory)])[rank::world]
     data = _data_spec(train_set.attrs)
     # Each access draws a fresh random window, so k copies of the set give k windows per trajectory.
     epoch_set = torch.utils.data.ConcatDataset([train_set] * config.windows_per_trajectory)
