@@ -243,3 +243,15 @@ def test_config_tag_changes_with_the_recipe_not_the_runtime():
     assert config_tag(base) == config_tag(TrainConfig(epochs=2, channels_last=True, checkpoint_every=5))
     assert config_tag(base) != config_tag(TrainConfig(epochs=2, skip=True, loss="v"))
     assert len(config_tag(base)) == 8
+
+
+def test_training_curve_names_the_loss():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labkit.sda.plots import training_curve
+
+    history = [dict(epoch=1, train_loss=0.5, valid_loss=0.4), dict(epoch=2, train_loss=0.3, valid_loss=0.3)]
+    assert training_curve(history, loss="v").axes[0].get_ylabel().startswith("v loss")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        training_curve(history, loss="x0")

@@ -133,12 +133,15 @@ def schedules(t, curves: dict, marks: dict | None = None):
 
 def training_curve(history: list[dict], loss: str = "eps"):
     """Train and validation loss per epoch (log scale); ``loss`` names the loss for the axis ('eps' or 'v')."""
+    labels = {"eps": r"$\epsilon$-matching loss", "v": r"v loss ($\epsilon$ error / $\mu^2$)"}
+    if loss not in labels:
+        raise ValueError(f"loss must be one of {tuple(labels)} (TrainConfig.loss), got {loss!r}")
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     ax.semilogy(epochs, [row["train_loss"] for row in history], label="train")
     ax.semilogy(epochs, [row["valid_loss"] for row in history], label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel({"eps": r"$\epsilon$-matching loss", "v": r"v loss ($\epsilon$ error / $\mu^2$)"}[loss])
+    ax.set_ylabel(labels[loss])
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
