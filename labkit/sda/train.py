@@ -283,12 +283,12 @@ def _train(config, data_dir, out, device, world, rank, progress, stop_after, res
     valid_set = TrajectoryDataset(data_dir / "valid.h5", config.window, flatten=True,
                                   generator=torch.Generator().manual_seed(
                                       stream_seed(config.seed, STREAMS, "valid-windows")))
-    # The same validation windows for every epoch and process; each process scores its share (maybe none).
-    valid_x = torch.stack([valid_set[i % len(valid_set)]
-                           for i in range(len(valid_set) * config.windows_per_trajectory)])[rank::world]
-    data = _data_spec(train_set.attrs)
-    # Each access draws a fresh random window, so k copies of the set give k windows per trajectory.
+    # Each access draws a fresh random window, so k copies of a set give k windows per trajectory.
     epoch_set = torch.utils.data.ConcatDataset([train_set] * config.windows_per_trajectory)
+    valid_windows = torch.utils.data.ConcatDataset([valid_set] * config.windows_per_trajectory)
+    # The same validation windows for every epoch and process; each process scores its share (maybe none).
+    valid_x = torch.stack([valid_windows[i] for i in range(len(valid_windows))])[rank::world]
+    data = _data_spec(train_set.attrs)
     size = train_set.data.shape[-1]
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
 
